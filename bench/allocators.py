@@ -1,0 +1,303 @@
+"""Head-to-head: every allocator on SmolLM2-135M and the pydoc corpus, equal budget, held-out perplexity.
+
+One study per (sampler, target, seed) through the real study runner and storage (one SQLite file per
+benchmark run, kept under bench/runs/), all with the same calibration tokens, held-out tokens and budget:
+``uniform`` and ``greedy`` (one evaluation each; greedy-uniform is TEAL's method), and ``random``, ``tpe``,
+``cmaes``, ``was``, ``evopress``, ``bo`` and ``bo`` with the greedy split at ``--trials`` evaluations
+(default 50, WAS's budget), over ``--seeds`` seeds where the sampler has randomness.
+
+Reported per sampler and target: the best trial's calibration perplexity, its held-out perplexity, the
+relative held-out degradation against dense, the evaluation at which the sampler first beat greedy on
+calibration perplexity, wall time and the sampler's share of it; medians and ranges over seeds; and a PNG
+of best-so-far curves with held-out checks at evaluations 10, 25 and 50. ``--ranking`` first checks that
+the cheap calibration budget ranks allocations as the full one does (Spearman over random allocations).
+
+Run: ``python bench/allocators.py`` (hours on 2 CPU cores; ``--quick`` for a smoke run). Writes
+bench/results/allocators.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from allocator.samplers import evaluated_vector
+from storage import Database
+from studies._config import parse_config
+from studies._manage import create_study
+from studies._runner import load_optuna_study, run_study
+from studies._session import open_session
+
+RESULTS = Path(__file__).parent / "results"
+RUNS = Path(__file__).parent / "runs"
+SINGLE = ("uniform", "greedy")
+CHECKPOINTS = (10, 25, 50)
+
+
+def study_config(sampler: str, target: float, seed: int, trials: int, args: argparse.Namespace) -> dict[str, Any]:
+    name = f"{sampler}-{round(target * 100)}-s{seed}"
+    greedy_split = sampler in ("greedy", "bo-greedy")
+    return {
+        "name": name,
+        "model": "smollm2-135m",
+        "data": {
+            "calibration": "pydoc",
+            "seq_len": args.seq_len,
+            "calibration_sequences": args.calibration_sequences,
+            "heldout_sequences": args.heldout_sequences,
+            "seed": 0,
+        },
+        "sparsity": {"target": target, "lower": 0.0, "upper": 0.9, "split": "greedy" if greedy_split else "uniform"},
+        "sampler": {"name": "bo" if sampler == "bo-greedy" else sampler},
+        "trials": 1 if sampler in SINGLE else trials,
+        "seed": seed,
+        "evaluation": {"batch_size": 8, "heldout": "none"},
+    }
+
+
+def best_so_far(trials: list[optuna.trial.FrozenTrial]) -> list[tuple[int, float, optuna.trial.FrozenTrial]]:
+    """(evaluation count, best calibration perplexity so far, best trial so far) in evaluation order."""
+    curve, best = [], None
+    for count, trial in enumerate(sorted(trials, key=lambda t: t.datetime_complete), start=1):
+        if best is None or trial.value < best.value:
+            best = trial
+        curve.append((count, float(best.value), best))
+    return curve
+
+
+def run_one(database: Database, config: dict[str, Any], heldout_cache: dict[tuple[Any, ...], float]) -> dict[str, Any]:
+    study_config_ = parse_config(config, source=config["name"])
+    create_study(database, study_config_)
+    session = open_session(database, study_config_)
+    run_study(session)  # returns at once for a study already finished in this database (a rerun)
+    trials = [t for t in load_optuna_study(session).get_trials() if t.state == TrialState.COMPLETE]
+    curve = best_so_far(trials)
+    # The search's wall time from the trials' own timestamps, so a rerun on a kept database reports it too.
+    wall = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
+    split = config["sparsity"]["split"]
+
+    def heldout(trial: optuna.trial.FrozenTrial) -> float:
+        # The same block vector under another intra-block split is another model: key on both.
+        vector = tuple(np.round(evaluated_vector(trial), 12))
+        if (split, vector) not in heldout_cache:
+            heldout_cache[(split, vector)] = session.objective.heldout(np.asarray(vector)).perplexity
+        return heldout_cache[(split, vector)]
+
+    checks = [[k, heldout(curve[k - 1][2])] for k in CHECKPOINTS if k <= len(curve)]
+    best = curve[-1][2]
+    evaluation_seconds = sum(float(t.user_attrs.get("seconds", 0.0)) for t in trials)
+    trial_seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials)
+    return {
+        "name": config["name"],
+        "evaluations": len(trials),
+        "curve": [value for _, value, _ in curve],
+        "best_calibration": float(best.value),
+        "best_heldout": heldout(best),
+        "heldout_checks": checks,
+        "best_vector": [float(v) for v in evaluated_vector(best)],
+        "wall_seconds": wall,
+        "sampler_share": max(0.0, 1.0 - evaluation_seconds / trial_seconds) if trial_seconds else 0.0,
+    }
+
+
+def ranking_check(database: Database, args: argparse.Namespace, n: int = 12) -> dict[str, Any]:
+    """Spearman correlation of calibration perplexity under the cheap and the full token budgets."""
+    from scipy.stats import spearmanr
+
+    cheap = open_session(database, parse_config(study_config("random", 0.5, 0, 1, args), source="ranking"))
+    full_args = argparse.Namespace(**{**vars(args), "calibration_sequences": args.full_sequences})
+    full_config = {**study_config("random", 0.5, 0, 1, full_args), "name": "ranking-full"}
+    full = open_session(database, parse_config(full_config, source="ranking"))
+    points = [np.full(cheap.space.dim, 0.5), *cheap.space.sample(n - 1, seed=123)]
+    small = [cheap.objective(p).perplexity for p in points]
+    large = [full.objective(p).perplexity for p in points]
+    rho = float(spearmanr(small, large).statistic)
+    return {
+        "allocations": n,
+        "cheap_tokens": int(cheap.tokens.calibration.numel()),
+        "full_tokens": int(full.tokens.calibration.numel()),
+        "spearman": rho,
+        "cheap": small,
+        "full": large,
+    }
+
+
+def summarise(runs: list[dict[str, Any]], greedy_calibration: float, dense: float) -> dict[str, Any]:
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    def first_beat(run: dict[str, Any]) -> int | None:
+        return next((i + 1 for i, value in enumerate(run["curve"]) if value < greedy_calibration), None)
+
+    beats = [first_beat(r) for r in runs]
+    degradation = [(r["best_heldout"] - dense) / dense for r in runs]
+    return {
+        "seeds": len(runs),
+        "best_calibration_median": med("best_calibration"),
+        "best_calibration_range": [min(r["best_calibration"] for r in runs), max(r["best_calibration"] for r in runs)],
+        "best_heldout_median": med("best_heldout"),
+        "best_heldout_range": [min(r["best_heldout"] for r in runs), max(r["best_heldout"] for r in runs)],
+        "heldout_degradation_median": statistics.median(degradation),
+        "heldout_degradation_range": [min(degradation), max(degradation)],
+        "heldout_degradation_per_seed": degradation,
+        "first_beat_greedy": beats,
+        "wall_seconds_median": med("wall_seconds"),
+        "sampler_share_median": med("sampler_share"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.6])
+    parser.add_argument(
+        "--samplers",
+        nargs="+",
+        default=["uniform", "greedy", "random", "tpe", "cmaes", "was", "evopress", "bo", "bo-greedy"],
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--trials", type=int, default=50)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--calibration-sequences", type=int, default=4)
+    parser.add_argument("--full-sequences", type=int, default=16, help="The full budget of the ranking check.")
+    parser.add_argument("--heldout-sequences", type=int, default=16)
+    parser.add_argument("--ranking", action="store_true", help="Also check the cheap budget's ranking.")
+    parser.add_argument("--db", type=Path, default=None, help="SQLite file to use (kept; resumable).")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.quick:
+        args.targets, args.samplers, args.seeds, args.trials = [0.5], ["uniform", "greedy", "random", "bo"], [0], 6
+        args.calibration_sequences, args.heldout_sequences, args.seq_len = 2, 2, 128
+    RUNS.mkdir(parents=True, exist_ok=True)
+    db_path = args.db or RUNS / f"allocators-{datetime.now().strftime('%Y%m%d-%H%M%S')}.db"
+    database = Database(f"sqlite:///{db_path}")
+    print(f"database {db_path}")
+    started = time.perf_counter()
+
+    ranking = ranking_check(database, args) if args.ranking else None
+    if ranking:
+        print(f"ranking check: Spearman {ranking['spearman']:.3f} over {ranking['allocations']} allocations")
+    results: dict[str, Any] = {"targets": {}, "ranking": ranking}
+    for target in args.targets:
+        heldout_cache: dict[tuple[Any, ...], float] = {}
+        dense_session = open_session(
+            database, parse_config(study_config("uniform", target, 0, 1, args), source="dense")
+        )
+        dense = dense_session.objective.heldout(0.0).perplexity
+        dense_calibration = dense_session.objective(0.0).perplexity
+        per_sampler: dict[str, list[dict[str, Any]]] = {}
+        for sampler in args.samplers:
+            seeds = [0] if sampler in SINGLE else args.seeds
+            for seed in seeds:
+                run = run_one(database, study_config(sampler, target, seed, args.trials, args), heldout_cache)
+                per_sampler.setdefault(sampler, []).append(run)
+                print(
+                    f"{target:.2f} {sampler:<10} seed {seed}: calibration {run['best_calibration']:.3f}, "
+                    f"held-out {run['best_heldout']:.3f} ({run['wall_seconds']:.0f} s)",
+                    flush=True,
+                )
+        greedy_calibration = per_sampler["greedy"][0]["best_calibration"] if "greedy" in per_sampler else math.inf
+        results["targets"][str(target)] = {
+            "dense_heldout": dense,
+            "dense_calibration": dense_calibration,
+            "samplers": {name: summarise(runs, greedy_calibration, dense) for name, runs in per_sampler.items()},
+            "runs": per_sampler,
+        }
+    results["settings"] = {
+        **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "db": str(db_path),
+    }
+    results["total_seconds"] = time.perf_counter() - started  # this invocation (a rerun reuses finished studies)
+    every_run = [run for target in results["targets"].values() for runs in target["runs"].values() for run in runs]
+    results["search_seconds"] = sum(run["wall_seconds"] for run in every_run)
+    write_outputs(results, args)
+
+
+def write_outputs(results: dict[str, Any], args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    suffix = "_quick" if args.quick else ""
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"allocators{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
+    settings = results["settings"]
+    lines = [
+        "# Allocators head to head on SmolLM2-135M",
+        "",
+        f"`python bench/allocators.py` — pydoc corpus; calibration {settings['calibration_sequences']} x "
+        f"{settings['seq_len']} tokens (the search objective), held-out {settings['heldout_sequences']} x "
+        f"{settings['seq_len']} tokens from topics disjoint from calibration; {settings['trials']} evaluations per "
+        f"search, seeds {settings['seeds']}; searches {results['search_seconds'] / 3600:.2f} h in all (trial "
+        f"timestamps), this invocation {results['total_seconds'] / 3600:.2f} h. Database: `{settings['db']}`.",
+        "",
+    ]
+    if results["ranking"]:
+        r = results["ranking"]
+        lines += [
+            f"Ranking check: over {r['allocations']} allocations (uniform and random feasible ones at 50%), "
+            f"calibration perplexity on {r['cheap_tokens']:,} tokens ranks them as on {r['full_tokens']:,} tokens "
+            f"with Spearman ρ = {r['spearman']:.3f}.",
+            "",
+        ]
+    for target, block in results["targets"].items():
+        lines += [
+            f"## Target {float(target):.0%} (dense held-out perplexity {block['dense_heldout']:.3f})",
+            "",
+            "| sampler | best calibration ppl (median, range) | best held-out ppl (median, range) "
+            "| held-out degradation vs dense | first beat greedy at evaluation | wall s | sampler share |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, s in block["samplers"].items():
+            lo, hi = s["best_calibration_range"]
+            hlo, hhi = s["best_heldout_range"]
+            dlo, dhi = s["heldout_degradation_range"]
+            lines.append(
+                f"| {name} | {s['best_calibration_median']:.3f} ({lo:.3f}–{hi:.3f}) | {s['best_heldout_median']:.3f} "
+                f"({hlo:.3f}–{hhi:.3f}) | {s['heldout_degradation_median']:+.1%} ({dlo:+.1%}–{dhi:+.1%}) | "
+                f"{s['first_beat_greedy']} | {s['wall_seconds_median']:.0f} | {s['sampler_share_median']:.1%} |"
+            )
+        lines.append("")
+    (args.out / f"allocators{suffix}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+    targets = list(results["targets"].items())
+    figure, axes = plt.subplots(1, len(targets), figsize=(7 * len(targets), 4.5), squeeze=False)
+    for axis, (target, block) in zip(axes[0], targets, strict=True):
+        for name, runs in block["runs"].items():
+            curves = [r["curve"] for r in runs]
+            length = max(len(c) for c in curves)
+            padded = np.array([c + [c[-1]] * (length - len(c)) for c in curves])
+            x = np.arange(1, length + 1)
+            (line,) = axis.plot(x, np.median(padded, axis=0), label=name)
+            by_checkpoint: dict[int, list[float]] = {}
+            for run in runs:
+                for k, value in run["heldout_checks"]:
+                    by_checkpoint.setdefault(k, []).append(value)
+            points = sorted(by_checkpoint)
+            medians = [statistics.median(by_checkpoint[k]) for k in points]
+            axis.plot(points, medians, "s", color=line.get_color(), alpha=0.7)
+        axis.axhline(block["dense_heldout"], color="black", linestyle=":", label="dense (held-out)")
+        axis.set_yscale("log")
+        axis.set_xlabel("evaluations")
+        axis.set_ylabel("perplexity (lines: best-so-far calibration; squares: its held-out)")
+        axis.set_title(f"target {float(target):.0%}")
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(args.out / f"allocators{suffix}.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()

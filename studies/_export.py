@@ -1,0 +1,91 @@
+"""Exporting a study's best trial as a lookup directory (lookup.json + TEAL-compatible files), atomically."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from allocator import InputError, build_lookup, write_lookup, write_teal_files
+from allocator.samplers import evaluated_vector
+from studies._runner import best_trial, load_optuna_study
+from studies._session import StudySession
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    trial_number: int
+    calibration_perplexity: float
+    heldout_perplexity: float
+    achieved_sparsity: float
+    teal_files: bool
+
+
+def export_study(session: StudySession, out: str | Path) -> ExportResult:
+    """Write the best trial's lookup to ``out`` (replacing an earlier export atomically) and record it."""
+    config = session.config
+    study = load_optuna_study(session)
+    best = best_trial(study)
+    if best is None:
+        raise InputError(f"Study {config.name!r} has no finished trial to export yet; run it first.")
+    vector = torch.tensor(evaluated_vector(best, session.space), dtype=torch.float64)
+    sparse_model = session.sparse_model
+    site_sparsities = sparse_model.site_sparsities(vector)
+    thresholds = session.calibration.thresholds(site_sparsities)
+    heldout = session.objective.heldout(vector)
+    site_weights = session.loaded.adapter.site_weights()
+    lookup = build_lookup(
+        model=session.loaded.identity(),
+        score=session.score,
+        sparsify_fraction=sparse_model.sparsify_fraction,
+        split=config.sparsity.split,
+        target=config.sparsity.target,
+        block_sparsities=vector,
+        site_sparsities=site_sparsities,
+        thresholds=thresholds,
+        site_weights=site_weights,
+        calibration={
+            **session.tokens.describe(),
+            "key": session.calibration_key,
+            "tokens": session.calibration.n_tokens,
+            "greedy": session.greedy.settings if session.greedy is not None else None,
+        },
+        study={
+            "name": config.name,
+            "trial": best.number,
+            "sampler": config.sampler.name,
+            "objective": "calibration perplexity",
+            "calibration_perplexity": best.value,
+            "heldout_perplexity": heldout.perplexity,
+            "measured_sparsity": best.user_attrs.get("measured_sparsity"),
+            "config": config.canonical(),
+        },
+    )
+    teal = session.score.kind == "magnitude"
+
+    def extra(directory: Path) -> None:
+        if teal:
+            write_teal_files(
+                directory, session.calibration, vector, site_sparsities, site_weights, greedy=session.greedy
+            )
+
+    path = Path(out)
+    write_lookup(path, lookup, extra=extra)
+    session.database.record_export(
+        study_name=config.name,
+        trial_number=best.number,
+        path=str(path.resolve()),
+        heldout_perplexity=heldout.perplexity,
+        lookup=json.dumps(lookup),
+    )
+    return ExportResult(
+        path=path,
+        trial_number=best.number,
+        calibration_perplexity=float(best.value),
+        heldout_perplexity=heldout.perplexity,
+        achieved_sparsity=lookup["achieved_sparsity"],
+        teal_files=teal,
+    )

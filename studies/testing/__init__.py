@@ -1,0 +1,1 @@
+"""Test and benchmark drivers for studies (like ``optuna.testing``): the fault soak."""

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from allocator import (
+    GreedySplit,
+    GreedyTable,
+    InputError,
+    Sparsifiers,
+    build_greedy_table,
+    calibrate,
+    load_model,
+    load_text,
+    tokenize_split,
+)
+from allocator._greedy import _capture_block_inputs
+
+
+@pytest.fixture(scope="module")
+def built(trained_tiny_dir):
+    loaded = load_model(trained_tiny_dir)
+    split = tokenize_split(load_text("pydoc"), loaded.tokenizer, seq_len=48, n_calibration=6, n_heldout=2)
+    calibration = calibrate(loaded.adapter, split.calibration)
+    table = build_greedy_table(loaded.adapter, calibration, split.calibration[:2], step=0.05, max_sparsity=0.8)
+    return loaded, split, calibration, table
+
+
+def test_rows_climb_by_step_and_sites_only_rise(built):
+    loaded, _, _, table = built
+    weights = loaded.adapter.site_weights()
+    for b in range(table.n_blocks):
+        effective, sites = table.effective[b], table.sites[b]
+        assert effective[0] == 0 and effective[-1] >= 0.8 - 1e-9
+        assert torch.allclose(effective, (sites * weights[b]).sum(dim=1) / weights[b].sum(), atol=1e-12)
+        steps = effective[1:] - effective[:-1]
+        assert bool((steps > 0).all()) and bool((steps <= 0.05 + 1e-9).all())
+        assert bool((sites[1:] >= sites[:-1]).all())
+
+
+def test_split_meets_every_block_target_exactly(built):
+    loaded, _, _, table = built
+    weights = loaded.adapter.site_weights()
+    targets = torch.tensor([0.0, 0.37, 0.8], dtype=torch.float64)
+    sites = GreedySplit(table).site_sparsities(targets)
+    assert torch.allclose((sites * weights).sum(dim=1) / weights.sum(dim=1), targets, atol=1e-12)
+    with pytest.raises(InputError, match="above the greedy table's maximum"):
+        table.site_sparsities(torch.tensor([0.5, 0.5, 0.95], dtype=torch.float64))
+
+
+@torch.no_grad()
+def test_batched_candidates_score_like_one_at_a_time(built):
+    """The vectorised step must give each candidate the error it has when evaluated alone."""
+    loaded, split, calibration, table = built
+    tokens = split.calibration[:2]
+    args, kwargs = _capture_block_inputs(loaded.adapter, tokens)[1]
+    layer = loaded.adapter.layers[1]
+    dense = layer(*args, **kwargs)
+    dense = dense[0] if isinstance(dense, tuple) else dense
+    for row in (1, len(table.effective[1]) // 2, len(table.effective[1]) - 1):
+        site_sparsities = torch.zeros(loaded.adapter.n_blocks, 7, dtype=torch.float64)
+        site_sparsities[1] = table.sites[1][row]
+        sparsifiers = Sparsifiers(loaded.adapter, score=calibration.score, count=False)
+        sparsifiers.set_thresholds(calibration.thresholds(site_sparsities))
+        with sparsifiers:
+            alone = layer(*args, **kwargs)
+        alone = alone[0] if isinstance(alone, tuple) else alone
+        error = (alone - dense).pow(2).mean().item()
+        assert error == pytest.approx(float(table.error[1][row]), rel=1e-4)
+
+
+def test_round_trips_through_bytes(built):
+    *_, table = built
+    restored = GreedyTable.from_bytes(table.to_bytes())
+    assert restored.settings == table.settings
+    assert all(torch.equal(a, b) for a, b in zip(restored.sites, table.sites, strict=True))
+
+
+def test_bad_settings_are_refused(built):
+    loaded, split, calibration, _ = built
+    with pytest.raises(InputError, match="`step`"):
+        build_greedy_table(loaded.adapter, calibration, split.calibration[:1], step=0.0)
+    with pytest.raises(InputError, match="`max_sparsity`"):
+        build_greedy_table(loaded.adapter, calibration, split.calibration[:1], max_sparsity=1.0)

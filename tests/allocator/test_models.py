@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import pytest
+
+from allocator import ModelSourceError, UnsupportedArchitectureError, load_model, model_fingerprint
+from allocator.testing.tiny import build_tiny_model, save_model_dir
+
+
+def test_loads_a_local_directory_in_eval_mode(tiny_model_dir):
+    loaded = load_model(tiny_model_dir)
+    assert not loaded.model.training
+    assert loaded.source == str(tiny_model_dir)
+    assert loaded.identity()["n_blocks"] == 3
+    assert len(loaded.fingerprint) == 64
+
+
+def test_fingerprint_depends_on_shapes_not_on_weights_or_location(tiny_tokenizer, tmp_path):
+    a = build_tiny_model("llama", seed=0)
+    b = build_tiny_model("llama", seed=1)
+    deeper = build_tiny_model("llama", n_layers=4)
+    assert model_fingerprint(a) == model_fingerprint(b)
+    assert model_fingerprint(a) != model_fingerprint(deeper)
+    saved = load_model(save_model_dir(a, tiny_tokenizer, tmp_path / "copy"))
+    assert saved.fingerprint == model_fingerprint(a)
+
+
+def test_missing_path_is_one_clear_error(tmp_path):
+    with pytest.raises(ModelSourceError, match=r"neither an embedded model .* nor an existing path"):
+        load_model(tmp_path / "missing")
+
+
+def test_directory_without_config_is_refused(tmp_path):
+    with pytest.raises(ModelSourceError, match=r"has no config\.json"):
+        load_model(tmp_path)
+
+
+def test_non_gguf_file_is_refused(tmp_path):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"\0" * 16)
+    with pytest.raises(ModelSourceError, match=r"is not a \.gguf file"):
+        load_model(path)
+
+
+def test_truncated_gguf_is_one_clear_error(tmp_path):
+    path = tmp_path / "broken.gguf"
+    path.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x01" * 20)  # a header cut short
+    with pytest.raises(ModelSourceError, match="could not be read"):
+        load_model(path, cache_dir=tmp_path / "cache")
+    assert not list((tmp_path / "cache" / "models").glob("*/config.json"))  # nothing half-converted is cached
+
+
+def test_not_a_causal_lm_is_refused(tiny_tokenizer, tmp_path):
+    from transformers import BertConfig, BertModel
+
+    model = BertModel(BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64))
+    with pytest.raises(ModelSourceError, match="is not a causal language model"):
+        load_model(save_model_dir(model, tiny_tokenizer, tmp_path / "bert"))
+
+
+def test_unsupported_causal_lm_is_refused_before_loading_weights(tiny_tokenizer, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=512))
+    directory = save_model_dir(model, tiny_tokenizer, tmp_path / "gpt2")
+    (directory / "model.safetensors").unlink()  # refused from config.json alone
+    with pytest.raises(UnsupportedArchitectureError, match="supports llama, mistral, qwen2, qwen3"):
+        load_model(directory)

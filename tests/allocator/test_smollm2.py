@@ -1,0 +1,50 @@
+"""End-to-end checks on the embedded SmolLM2-135M (converted from its GGUF once, then cached)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from allocator import load_model
+
+SPARSEALLOC = str(Path(sys.executable).with_name("sparsealloc"))  # the venv's script, PATH or not
+
+pytestmark = pytest.mark.smollm2
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_model("smollm2-135m")  # converts the GGUF on a fresh machine, then loads from the cache
+
+
+def test_embedded_model_is_a_30_block_llama_with_gqa(smollm2):
+    assert smollm2.architecture == "llama" and smollm2.adapter.n_blocks == 30
+    weights = smollm2.adapter.site_weights()[0].tolist()
+    assert weights == [576 * 576, 192 * 576, 192 * 576, 576 * 576, 1536 * 576, 1536 * 576, 576 * 1536]
+
+
+def test_cached_model_loads_in_under_ten_seconds(smollm2):
+    started = time.perf_counter()
+    again = load_model("smollm2-135m")
+    assert time.perf_counter() - started < 10.0
+    assert again.fingerprint == smollm2.fingerprint
+    ids = again.tokenizer("def f(x):\n    return x + 1\n", return_tensors="pt").input_ids
+    with torch.no_grad():
+        loss = again.model(ids, labels=ids).loss.item()
+    assert loss < 5.0  # a real language model, not random weights (uniform would be log(49152) = 10.8)
+
+
+def test_evaluate_command_on_the_embedded_defaults():
+    result = subprocess.run(
+        [SPARSEALLOC, "evaluate", "--model", "smollm2-135m", "--data", "pydoc", "--sparsity", "0.5",
+         "--seq-len", "128", "--calibration-sequences", "4", "--heldout-sequences", "2"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "smollm2-135m (llama, 30 blocks" in result.stdout
+    assert "measured 0.5" in result.stdout

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from allocator import InputError
+from studies._config import load_config, parse_config
+from tests.studies.conftest import tiny_config
+
+
+def test_minimal_config_gets_every_default(tmp_path):
+    config = parse_config({"name": "s", "sparsity": {"target": 0.4}})
+    assert config.model == "smollm2-135m" and config.sampler.name == "bo" and config.trials == 30
+    assert config.data.calibration == "pydoc" and config.sparsity.split == "uniform"
+    assert config.canonical()["sparsity"]["upper"] == 0.9
+
+
+def test_storage_is_returned_apart_and_not_part_of_the_identity(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "sparsity": {"target": 0.4}, "storage": "sqlite:///x.db"}))
+    config, storage = load_config(path)
+    assert storage == "sqlite:///x.db" and "storage" not in config.canonical()
+    assert config.digest() == parse_config({"name": "s", "sparsity": {"target": 0.4}}).digest()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda c: c.update(colour="blue"), "unknown key `colour`"),
+        (lambda c: c["sampler"].update(opts={}), "unknown key `sampler.opts`"),
+        (lambda c: c.update(trials="many"), "`trials`: Input should be a valid integer"),
+        (lambda c: c["sparsity"].update(target=1.2), "`sparsity.target`: Input should be less than 1"),
+        (lambda c: c["sparsity"].update(target=0), "`sparsity.target`: Input should be greater than 0"),
+        (lambda c: c["sparsity"].update(upper=[0.5, 1.5]), "`upper` values should be in [0, 1)"),
+        (lambda c: c["sampler"].update(name="sobol"), "`sampler.name`: Input should be 'bo'"),
+        (lambda c: c.pop("sparsity"), "missing required key `sparsity`"),
+        (lambda c: c["sampler"].update(name="greedy"), "set `sparsity.split: greedy`"),
+        (lambda c: c.update(name="bad name!"), "`name`: String should match pattern"),
+    ],
+)
+def test_every_error_names_its_key(tmp_path, mutate, message):
+    config = tiny_config(tmp_path)
+    mutate(config)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(InputError) as caught:
+        load_config(path)
+    text = str(caught.value)
+    assert message in text and text.startswith(str(path)) and "\n" not in text
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: [unclosed\n")
+    with pytest.raises(InputError, match="is not valid YAML at line"):
+        load_config(path)
+    path.write_text("- a list\n")
+    with pytest.raises(InputError, match="should be a mapping"):
+        load_config(path)
+
+
+def test_yaml_is_parsed_safely(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("name: !!python/object/apply:os.system ['echo pwned']\nsparsity: {target: 0.5}\n")
+    with pytest.raises(InputError, match="is not valid YAML"):
+        load_config(path)

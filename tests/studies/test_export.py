@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from allocator import LookupFileError, load_lookup, load_model, read_lookup
+from allocator._objective import batch_nll
+from allocator.testing.tiny import build_tiny_model
+from storage import Database
+from studies._config import load_config
+from studies._export import export_study
+from studies._manage import create_study
+from studies._runner import run_study
+from studies._session import open_session
+
+
+@pytest.fixture
+def exported(sqlite_url, write_config, tmp_path):
+    config, _ = load_config(write_config(trials=3))
+    database = Database(sqlite_url)
+    create_study(database, config)
+    session = open_session(database, config)
+    run_study(session)
+    out = tmp_path / "export"
+    return session, export_study(session, out), out
+
+
+def test_lookup_on_a_fresh_model_reproduces_the_trials_calibration_perplexity(exported, trained_tiny_dir):
+    session, result, out = exported
+    fresh = load_model(trained_tiny_dir)
+    tokens = session.tokens.calibration
+    with load_lookup(fresh.model, out):
+        total = count = 0
+        for start in range(0, tokens.shape[0], 3):
+            nll, n = batch_nll(fresh.adapter, tokens[start : start + 3])
+            total, count = total + nll, count + n
+    perplexity = float(torch.tensor(total / count).exp())
+    assert perplexity == pytest.approx(result.calibration_perplexity, rel=1e-4)
+    assert not any(m._forward_pre_hooks for m in fresh.model.modules())  # removed on exit
+
+
+def test_lookup_document(exported):
+    session, result, out = exported
+    lookup = read_lookup(out)
+    assert lookup["format"] == "sparsealloc.lookup/v1"
+    assert lookup["model"]["fingerprint"] == session.loaded.fingerprint
+    assert lookup["study"]["trial"] == result.trial_number
+    assert lookup["study"]["heldout_perplexity"] == pytest.approx(result.heldout_perplexity)
+    assert abs(lookup["achieved_sparsity"] - 0.5) < 1e-6
+    assert set(lookup["blocks"][0]["sites"]) == {"q", "k", "v", "o", "gate", "up", "down"}
+    assert lookup["calibration"]["calibration_hash"] == session.tokens.calibration_hash
+
+
+def test_teal_files(exported):
+    session, _, out = exported
+    vector = json.loads((out / "block_sparsities.json").read_text())
+    for layer in range(session.loaded.adapter.n_blocks):
+        for group in ("self_attn", "mlp"):
+            hist = torch.load(out / "histograms" / f"layer-{layer}" / group / "histograms.pt", weights_only=True)
+            assert set(hist) == {"h1", "h1_centers", "h2", "h2_centers"}
+            assert bool((hist["h1_centers"][1:] > hist["h1_centers"][:-1]).all())
+        with (out / "lookup" / f"layer-{layer}" / "results.csv").open() as handle:
+            rows = list(csv.reader(handle))
+        assert rows[0] == [
+            "Effective Sparsity",
+            "Activation Error",
+            "Baseline Error",
+            "q",
+            "k",
+            "v",
+            "o",
+            "gate",
+            "up",
+            "down",
+        ]
+        effective = [float(row[0]) for row in rows[1:]]
+        assert effective == sorted(effective)
+        nearest = min(effective, key=lambda e: abs(e - vector[layer]))
+        assert nearest == pytest.approx(vector[layer], abs=1e-12)  # TEAL's nearest-row pick is exact
+
+
+def test_export_replaces_the_previous_one_whole(exported, tmp_path):
+    session, _, out = exported
+    (out / "stale.txt").write_text("from an older export")
+    export_study(session, out)
+    assert not (out / "stale.txt").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export")]  # no staging left behind
+
+
+def test_lookup_of_another_model_is_refused(exported, tiny_tokenizer, tmp_path):
+    _, _, out = exported
+    deeper = build_tiny_model("llama", len(tiny_tokenizer), n_layers=4)
+    with pytest.raises(LookupFileError, match="made for another model"):
+        load_lookup(deeper, out)
+    other = build_tiny_model("qwen2", len(tiny_tokenizer))
+    with pytest.raises(LookupFileError, match="is for a 'llama' model, not 'qwen2'"):
+        load_lookup(other, out)
+
+
+def test_unknown_version_and_corruption_are_refused(exported, trained_tiny_dir):
+    _, _, out = exported
+    model = load_model(trained_tiny_dir).model
+    path = out / "lookup.json"
+    lookup = json.loads(path.read_text())
+    path.write_text(json.dumps({**lookup, "format": "sparsealloc.lookup/v9"}))
+    with pytest.raises(LookupFileError, match=r"has format 'sparsealloc\.lookup/v9'"):
+        load_lookup(model, out)
+    path.write_text(json.dumps(lookup)[:-200])
+    with pytest.raises(LookupFileError, match="corrupted or truncated"):
+        load_lookup(model, out)
+    del lookup["blocks"][1]["sites"]["down"]
+    path.write_text(json.dumps(lookup))
+    with pytest.raises(LookupFileError, match="incomplete or malformed"):
+        load_lookup(model, out)
+
+
+def test_export_without_a_finished_trial_is_refused(sqlite_url, write_config, tmp_path):
+    config, _ = load_config(write_config())
+    database = Database(sqlite_url)
+    create_study(database, config)
+    with pytest.raises(ValueError, match="has no finished trial to export"):
+        export_study(open_session(database, config), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from allocator.samplers import evaluated_vector
+from storage import Database
+from studies._config import load_config
+from studies._manage import create_study, summarize
+from studies._runner import HELDOUT_ATTR, run_study
+from studies._session import open_session
+
+
+def _complete(database: Database, name: str) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=name, storage=database.url)
+    return [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+
+
+def test_run_then_resume_reaches_the_target_without_reevaluating(storage_url, write_config):
+    config, _ = load_config(write_config(trials=5))
+    database = Database(storage_url)
+    assert create_study(database, config) is True
+    messages: list[str] = []
+    session = open_session(database, config, notify=messages.append)
+    assert any(m.startswith("Calibrated") for m in messages)
+    first = run_study(session, n_trials=3)
+    assert (first.complete, first.evaluated_here) == (3, 3)
+    before = {t.number: t.value for t in _complete(database, "tiny")}
+
+    messages.clear()
+    again = open_session(Database(storage_url), config, notify=messages.append)  # a new process would do this
+    assert any(m.startswith("Reused the stored calibration") for m in messages)
+    second = run_study(again)
+    assert (second.complete, second.evaluated_here) == (5, 2)
+    trials = _complete(database, "tiny")
+    assert {t.number: t.value for t in trials if t.number in before} == before
+    vectors = np.array([evaluated_vector(t) for t in trials])
+    assert len({tuple(v) for v in vectors}) == 5
+    assert np.allclose(vectors @ session.space.weight_array(), session.space.rhs, rtol=1e-9)
+    assert HELDOUT_ATTR in min(trials, key=lambda t: t.value).user_attrs  # the best was checked on held-out data
+
+
+def test_optuna_reads_our_database(sqlite_url, write_config):
+    config, _ = load_config(write_config(trials=2))
+    database = Database(sqlite_url)
+    create_study(database, config)
+    run_study(open_session(database, config))
+    loaded = optuna.load_study(study_name="tiny", storage=sqlite_url)  # what optuna-dashboard does
+    assert len(loaded.trials) == 2 and loaded.best_trial.user_attrs["vector"]
+    assert loaded.metric_names == ["perplexity"]
+
+
+def test_single_point_samplers_run_one_trial(sqlite_url, write_config):
+    config, _ = load_config(write_config(name="greedy", sampler={"name": "greedy"}, sparsity={"split": "greedy"}))
+    database = Database(sqlite_url)
+    create_study(database, config)
+    session = open_session(database, config)
+    result = run_study(session)
+    assert (result.complete, result.target) == (1, 1)
+    (trial,) = _complete(database, "greedy")
+    assert evaluated_vector(trial) == pytest.approx([0.5] * 3)
+    summary = summarize(database, "greedy")
+    assert summary.split == "greedy" and summary.best_perplexity == trial.value

@@ -1,0 +1,103 @@
+"""Processes on one study: a SIGKILL mid-trial then resume, and several workers sharing a study."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from allocator.samplers import evaluated_vector
+
+# The console script of the interpreter running the tests (its virtual environment need not be on PATH).
+SPARSEALLOC = str(Path(sys.executable).with_name("sparsealloc"))
+
+
+def _cli(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([SPARSEALLOC, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(process: subprocess.Popen, timeout: float = 300) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output
+    return output
+
+
+def _trials(url: str, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=url).get_trials()
+
+
+def _assert_no_duplicates(trials: list[optuna.trial.FrozenTrial]) -> None:
+    vectors = [tuple(np.round(evaluated_vector(t), 12)) for t in trials if t.state == TrialState.COMPLETE]
+    assert len(vectors) == len(set(vectors)), "a proposal was evaluated twice"
+
+
+def _kill_inside_a_trial(process: subprocess.Popen, url: str, after: int) -> optuna.trial.FrozenTrial | None:
+    """SIGKILL ``process`` while it evaluates a trial, once ``after`` trials are complete.
+
+    Each look at the study happens with the process frozen (SIGSTOP), so the trial seen running is still
+    running when the kill lands, however fast the machine finishes trials. One storage object serves every
+    look, so a look costs milliseconds and the process still runs most of the time. Returns the killed trial."""
+    storage = optuna.storages.RDBStorage(url)
+    study_id = storage.get_study_id_from_name("tiny")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        os.kill(process.pid, signal.SIGSTOP)
+        trials = storage.get_all_trials(study_id, deepcopy=False)
+        done = sum(t.state == TrialState.COMPLETE for t in trials)
+        running = [t for t in trials if t.state == TrialState.RUNNING and "vector" in t.user_attrs]
+        if done >= after and running:
+            os.kill(process.pid, signal.SIGKILL)
+            storage.engine.dispose()
+            return running[0]
+        os.kill(process.pid, signal.SIGCONT)
+        time.sleep(0.01)
+    storage.engine.dispose()
+    return None
+
+
+def test_sigkill_mid_trial_then_resume_loses_and_repeats_nothing(storage_url, write_config):
+    path = write_config(trials=6, data={"seq_len": 64, "calibration_sequences": 48})
+    _finish(_cli("study", "create", str(path), "--storage", storage_url))
+    run = _cli("study", "run", "tiny", "--storage", storage_url)
+    victim = _kill_inside_a_trial(run, storage_url, after=2)
+    assert victim is not None, run.communicate()[0]
+    run.wait()
+    finished_before = {t.number: t.value for t in _trials(storage_url) if t.state == TrialState.COMPLETE}
+
+    _finish(_cli("study", "resume", "tiny", "--storage", storage_url))
+    trials = _trials(storage_url)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 6
+    assert {t.number: t.value for t in complete if t.number in finished_before} == finished_before
+    (killed,) = [t for t in trials if t.number == victim.number]
+    assert killed.state == TrialState.FAIL
+    retries = [t for t in complete if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1 and retries[0].user_attrs["vector"] == victim.user_attrs["vector"]
+    _assert_no_duplicates(trials)
+
+
+@pytest.mark.parametrize(
+    ("backend", "workers", "sampler"),
+    [("sqlite", 2, "random"), pytest.param("postgres", 3, "bo", marks=pytest.mark.postgres)],
+)
+def test_workers_complete_one_study_without_duplicates(request, backend, workers, sampler, write_config):
+    url = request.getfixturevalue(f"{backend}_url")
+    path = write_config(trials=10, sampler={"name": sampler})
+    _finish(_cli("study", "create", str(path), "--storage", url))
+    processes = [_cli("worker", "tiny", "--storage", url) for _ in range(workers)]
+    outputs = [_finish(process) for process in processes]
+    trials = _trials(url)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 10, outputs
+    assert not [t for t in trials if t.state == TrialState.FAIL]
+    _assert_no_duplicates(trials)
+    calibrated = sum("Calibrated (" in output for output in outputs)
+    assert calibrated == 1, outputs  # the first worker calibrates, the others reuse it
