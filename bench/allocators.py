@@ -23,6 +23,7 @@ import json
 import math
 import statistics
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # As the command line does: Optuna's heartbeat and metric-name APIs are stable in use but marked experimental.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if args.quick:
         args.targets, args.samplers, args.seeds, args.trials = [0.5], ["uniform", "greedy", "random", "bo"], [0], 6
         args.calibration_sequences, args.heldout_sequences, args.seq_len = 2, 2, 128

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
+import optuna
 import torch
 
 from allocator._constraint import ConstraintSpace
@@ -54,6 +55,18 @@ _DESIGN_SPARE = 16  # extra design points for workers that ask before the first 
 
 #: System attribute: the GP hyperparameters fitted for a proposal, the warm start of the next fit.
 GP_ATTR = "sparsealloc:bo_gp"
+
+
+def _model_errors() -> tuple[type[Exception], ...]:
+    """The numerical failures of a GP fit or acquisition step (imported late: botorch is slow to import)."""
+    from botorch.exceptions import ModelFittingError
+    from gpytorch.utils.errors import NotPSDError
+
+    return (ModelFittingError, NotPSDError, torch.linalg.LinAlgError)
+
+
+# Set on a trial whose proposal fell back to the space-filling design because the model step failed.
+FALLBACK_ATTR = "sparsealloc:bo_fallback"
 
 # TuRBO's constants (Eriksson et al., 2019): initial, minimum and maximum side of the normalised box.
 _TR_INIT, _TR_MIN, _TR_MAX = 0.8, 0.5**7, 1.6
@@ -218,19 +231,35 @@ class BoSampler(BlockSampler):
             if history.n < max(self.n_initial, 2):
                 return self._next_design_point(history, rng)
             search = self._search(history)
-            model = self.fit(history, search, warm_start=_latest_hyperparameters(history, search))
-            study._storage.set_trial_system_attr(trial._trial_id, GP_ATTR, _hyperparameters(model, search))
-            acqf = self.acquisition(model, history, search, seed=int(rng.integers(2**31)))
-            # The trust region is a tool for the full block vector; a few knots are searched whole.
-            full = search.to_blocks is None
-            box = self._trust_region(history, search, model) if self.trust_region and full else search.space
-            result = self.optimize(acqf, box, history, search, rng)
+            try:
+                result = self._model_step(study, trial, history, search, rng)
+            except _model_errors() as error:
+                # One failed GP fit (a numerically singular history, say) must not stop a long study: this
+                # trial takes the next space-filling point instead, and the failure is recorded on it.
+                reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
+                study._storage.set_trial_system_attr(trial._trial_id, FALLBACK_ATTR, reason)
+                optuna.logging.get_logger(__name__).warning(
+                    f"Trial {trial.number}: the bo model step failed ({reason}); proposing a space-filling point."
+                )
+                return self._next_design_point(history, rng)
         seen = history.seen()
         for x in result.X:
             candidate = self.space.project(search.blocks(x[None, :])[0])
             if not is_duplicate(candidate, seen, tol=1e-7):
                 return candidate
         return self._next_design_point(history, rng)
+
+    def _model_step(
+        self, study: Study, trial: FrozenTrial, history: History, search: _Search, rng: np.random.Generator
+    ) -> AcqResult:
+        """Fit the GP, build the acquisition and optimise it over the constraint."""
+        model = self.fit(history, search, warm_start=_latest_hyperparameters(history, search))
+        study._storage.set_trial_system_attr(trial._trial_id, GP_ATTR, _hyperparameters(model, search))
+        acqf = self.acquisition(model, history, search, seed=int(rng.integers(2**31)))
+        # The trust region is a tool for the full block vector; a few knots are searched whole.
+        full = search.to_blocks is None
+        box = self._trust_region(history, search, model) if self.trust_region and full else search.space
+        return self.optimize(acqf, box, history, search, rng)
 
     def _search(self, history: History) -> _Search:
         if self._profile is not None and history.n < self.profile_trials:

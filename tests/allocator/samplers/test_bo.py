@@ -12,7 +12,7 @@ import torch
 
 from allocator._constraint import ConstraintSpace
 from allocator.samplers import BoSampler, collect_history, create_sampler, suggest_allocation
-from allocator.samplers._bo import GP_ATTR, knot_space, profile_matrix
+from allocator.samplers._bo import FALLBACK_ATTR, GP_ATTR, knot_space, profile_matrix
 from allocator.testing import SyntheticObjective, run_sampler
 
 SPACE = ConstraintSpace(weights=[1.0, 2.0, 1.0, 1.5, 1.0, 3.0], target=0.4, lower=0.0, upper=0.9)
@@ -49,6 +49,35 @@ def test_model_phase_proposals_are_exactly_feasible_and_improve() -> None:
     # The fitted hyperparameters are stored for the next fit's warm start.
     hp = study.trials[-1].system_attrs[GP_ATTR]
     assert hp["phase"] == "full" and len(hp["raw_lengthscale"]) == 6
+
+
+def test_a_failed_model_step_falls_back_to_the_design_and_is_recorded(monkeypatch) -> None:
+    from gpytorch.utils.errors import NotPSDError
+
+    def singular(*args, **kwargs):
+        raise NotPSDError("Matrix not positive definite after repeatedly adding jitter")
+
+    monkeypatch.setattr(BoSampler, "fit", singular)
+    sampler = create_sampler("bo", space=SPACE, seed=0, n_initial=3)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(_objective, n_trials=6)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert [FALLBACK_ATTR in t.system_attrs for t in study.trials] == [False] * 3 + [True] * 3
+    assert study.trials[-1].system_attrs[FALLBACK_ATTR].startswith("NotPSDError: Matrix not positive definite")
+    vecs = np.array([t.user_attrs["vector"] for t in study.trials])
+    np.testing.assert_allclose(vecs @ SPACE.weight_array(), SPACE.rhs, rtol=1e-12)
+    np.testing.assert_allclose(vecs, sampler.design()[:6])  # the next space-filling points, no duplicate
+
+
+def test_other_errors_of_the_model_step_are_not_swallowed(monkeypatch) -> None:
+    def broken(*args, **kwargs):
+        raise ValueError("a bug, not a numerical failure")
+
+    monkeypatch.setattr(BoSampler, "fit", broken)
+    study = optuna.create_study(sampler=create_sampler("bo", space=SPACE, seed=0, n_initial=2))
+    study.optimize(_objective, n_trials=2)
+    with pytest.raises(ValueError, match="a bug"):
+        study.optimize(_objective, n_trials=1)
 
 
 def test_model_defaults_are_botorch_dimension_scaled_priors_with_fixed_noise() -> None:
