@@ -40,3 +40,10 @@ class LookupFileError(SparseallocError, ValueError):
 
 class StorageError(SparseallocError, RuntimeError):
     """The study database cannot be opened, reached or understood."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, for one-sentence reports (a driver's error wrapped by SQLAlchemy
+    speaks through its ``orig``); the error's type name when the message is empty."""
+    lines = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

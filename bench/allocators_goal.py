@@ -38,7 +38,7 @@ def load_runs(paths: list[Path]) -> dict[str, Any]:
                 raise SystemExit(f"{path}: dense held-out perplexity differs from another file's; not comparable.")
             for sampler_runs in block["runs"].values():
                 for run in sampler_runs:
-                    kept = runs.setdefault(run["name"], {**run, "target": target, "file": str(path)})
+                    kept = runs.setdefault(run["name"], {**run, "file": str(path)})
                     if abs(kept["best_heldout"] - run["best_heldout"]) > 1e-6 * kept["best_heldout"]:
                         raise SystemExit(f"{run['name']}: {kept['file']} and {path} disagree; not comparable.")
     return {"runs": runs, "dense": dense}
@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("files", nargs="*", type=Path, help="allocators.json files (default: all under results/)")
     parser.add_argument("--out", type=Path, default=RESULTS / "allocators-goal.md")
     args = parser.parse_args()
-    files = args.files or sorted(p for p in RESULTS.rglob("allocators.json"))
+    files = args.files or sorted(RESULTS.rglob("allocators.json"))
     rows = check(load_runs(files))
 
     def pct(value: float | None) -> str:
@@ -106,10 +106,9 @@ def main() -> None:
     lines = [
         "# Issue 5's goal, seed by seed",
         "",
-        f"`python bench/allocators_goal.py` over {sources}. Held-out perplexity degradation vs dense; greedy-uniform"
-        " (TEAL) is deterministic (seed 0); the anchor"
-        " is the better of `was` and `evopress` on the same seed; `bo` @25 is the held-out degradation of its best"
-        " trial after 25 evaluations.",
+        f"`python bench/allocators_goal.py` over {sources}. Held-out perplexity degradation vs dense; "
+        "greedy-uniform (TEAL) is deterministic (seed 0); the anchor is the better of `was` and `evopress` on the "
+        "same seed; `bo` @25 is the held-out degradation of its best trial after 25 evaluations.",
         "",
         "| target | bo variant | seed | greedy | best of was/evopress | bo @50 | bo @25 | reduction vs greedy "
         "| ≥ 25% smaller than greedy | beats was/evopress | result within 25 evaluations |",

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
-from allocator._errors import StorageError
+from allocator._errors import StorageError, first_line
 from storage._tables import (
     SCHEMA_VERSION,
     Base,
@@ -111,10 +111,7 @@ class Database:
         return engine
 
     def _unreachable(self, error: Exception) -> StorageError:
-        reason = (
-            str(getattr(error, "orig", error)).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        )
-        return StorageError(f"Cannot open the database {self.masked_url}: {reason}")
+        return StorageError(f"Cannot open the database {self.masked_url}: {first_line(error)}")
 
     def _check_schema(self) -> None:
         """Create our tables in a new database, or check the schema version of an existing one.

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import optuna
 from optuna.trial import TrialState
 
-from allocator._errors import StorageError
+from allocator._errors import StorageError, first_line
 from allocator.samplers import BlockSampler, create_sampler, suggest_allocation
 from storage import CONNECTION_ERRORS, is_connection_error
 from studies._session import StudySession
@@ -143,7 +143,7 @@ def _wait_for_database(session: StudySession, error: Exception, reporter: Report
             return
         except CONNECTION_ERRORS:
             if time.monotonic() >= deadline:
-                reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
+                reason = first_line(error)
                 raise StorageError(
                     f"Lost the database {session.database.masked_url} for {timeout_s:.0f} s ({reason}); finished "
                     f"trials are stored, and `sparsealloc study resume {session.config.name}` continues."

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from allocator._errors import SparseallocError
+from allocator._errors import SparseallocError, first_line
 from studies._progress import progress_bar, stderr_console
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -38,7 +38,7 @@ class _Cli(click.Group):
             if not is_connection_error(error):
                 raise
             # A database that went away outside the runner's reconnect loop: one sentence, no traceback.
-            reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
+            reason = first_line(error)
             stderr_console.print(
                 f"[bold red]error:[/] Lost the database ({reason}); what finished is stored, and "
                 "`sparsealloc study resume NAME` continues.",

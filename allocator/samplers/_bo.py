@@ -41,7 +41,7 @@ import optuna
 import torch
 
 from allocator._constraint import ConstraintSpace
-from allocator._errors import InfeasibleConstraintError, InputError
+from allocator._errors import InfeasibleConstraintError, InputError, first_line
 from allocator.samplers._acqf import AcqResult, optimize_nullspace, optimize_slsqp, select_starts
 from allocator.samplers._base import BlockSampler, History, is_duplicate
 
@@ -55,17 +55,7 @@ _DESIGN_SPARE = 16  # extra design points for workers that ask before the first 
 
 #: System attribute: the GP hyperparameters fitted for a proposal, the warm start of the next fit.
 GP_ATTR = "sparsealloc:bo_gp"
-
-
-def _model_errors() -> tuple[type[Exception], ...]:
-    """The numerical failures of a GP fit or acquisition step (imported late: botorch is slow to import)."""
-    from botorch.exceptions import ModelFittingError
-    from gpytorch.utils.errors import NotPSDError
-
-    return (ModelFittingError, NotPSDError, torch.linalg.LinAlgError)
-
-
-# Set on a trial whose proposal fell back to the space-filling design because the model step failed.
+#: System attribute: set on a trial whose proposal fell back to the space-filling design because the model step failed.
 FALLBACK_ATTR = "sparsealloc:bo_fallback"
 
 # TuRBO's constants (Eriksson et al., 2019): initial, minimum and maximum side of the normalised box.
@@ -76,6 +66,14 @@ _TR_INIT_REFINE = 0.2
 # ``profile_knots="auto"``: a 4-knot depth profile first (the best variant at d = 30 and 50 evaluations in
 # bench/results/synthetic.md), but only for models with enough blocks that 4 knots are a real reduction.
 _AUTO_KNOTS, _AUTO_KNOTS_MIN_BLOCKS = 4, 12
+
+
+def _model_errors() -> tuple[type[Exception], ...]:
+    """The numerical failures of a GP fit or acquisition step (imported late: botorch is slow to import)."""
+    from botorch.exceptions import ModelFittingError
+    from gpytorch.utils.errors import NotPSDError
+
+    return (ModelFittingError, NotPSDError, torch.linalg.LinAlgError)
 
 
 def _resolve_knots(profile_knots: int | str | None, dim: int) -> int | None:
@@ -236,7 +234,7 @@ class BoSampler(BlockSampler):
             except _model_errors() as error:
                 # One failed GP fit (a numerically singular history, say) must not stop a long study: this
                 # trial takes the next space-filling point instead, and the failure is recorded on it.
-                reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
+                reason = f"{type(error).__name__}: {first_line(error)}"
                 study._storage.set_trial_system_attr(trial._trial_id, FALLBACK_ATTR, reason)
                 optuna.logging.get_logger(__name__).warning(
                     f"Trial {trial.number}: the bo model step failed ({reason}); proposing a space-filling point."
