@@ -27,8 +27,9 @@ test: lint
 demo: $(INSTALLED)
 	$(BIN)/sparsealloc demo
 
+# Every sampler at 50% and 60%, 3 seeds, with the token-budget ranking check: hours on 2 CPU cores.
 bench: $(INSTALLED)
-	$(BIN)/python bench/allocators.py
+	$(BIN)/python bench/allocators.py --ranking
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -12,8 +12,15 @@ calibration perplexity, wall time and the sampler's share of it; medians and ran
 of best-so-far curves with held-out checks at evaluations 10, 25 and 50. ``--ranking`` first checks that
 the cheap calibration budget ranks allocations as the full one does (Spearman over random allocations).
 
+The tables end with issue 5's goal checked seed by seed: ``bo`` (each variant) against greedy-uniform
+(held-out degradation at least 25% smaller) and against the better of ``was`` and ``evopress`` on the same
+seed, and whether its 50-evaluation result was already its best after 25.
+
 Run: ``python bench/allocators.py`` (hours on 2 CPU cores; ``--quick`` for a smoke run). Writes
-bench/results/allocators.{json,md,png}.
+bench/results/allocators.{json,md,png}. A run can be split across invocations (``--targets``, ``--seeds``,
+``--samplers``, each with its own ``--out``); ``--merge`` then joins their ``allocators.json`` files by study
+name into the tables one invocation would have written, refusing files whose settings, dense perplexity or
+shared studies disagree.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import statistics
+import sys
 import time
 import warnings
 from datetime import datetime
@@ -41,12 +50,27 @@ from studies._session import open_session
 
 RESULTS = Path(__file__).parent / "results"
 RUNS = Path(__file__).parent / "runs"
+SAMPLERS = ("uniform", "greedy", "random", "tpe", "cmaes", "was", "evopress", "bo", "bo-greedy")
 SINGLE = ("uniform", "greedy")
 CHECKPOINTS = (10, 25, 50)
+BO_VARIANTS = ("bo", "bo-greedy")
+ANCHORS = ("was", "evopress")  # the published searches the goal compares ``bo`` with
+REDUCTION_GOAL = 0.25
+COMPARABLE = ("trials", "seq_len", "calibration_sequences", "heldout_sequences")  # must agree to merge
+
+
+def study_name(sampler: str, target: float, seed: int) -> str:
+    return f"{sampler}-{round(target * 100)}-s{seed}"
+
+
+def parse_study_name(name: str) -> tuple[str, int, int]:
+    """(sampler, target in percent, seed) of a name written by :func:`study_name`."""
+    sampler, percent, seed = name.rsplit("-", 2)
+    return sampler, int(percent), int(seed.removeprefix("s"))
 
 
 def study_config(sampler: str, target: float, seed: int, trials: int, args: argparse.Namespace) -> dict[str, Any]:
-    name = f"{sampler}-{round(target * 100)}-s{seed}"
+    name = study_name(sampler, target, seed)
     greedy_split = sampler in ("greedy", "bo-greedy")
     return {
         "name": name,
@@ -160,11 +184,7 @@ def summarise(runs: list[dict[str, Any]], greedy_calibration: float, dense: floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.6])
-    parser.add_argument(
-        "--samplers",
-        nargs="+",
-        default=["uniform", "greedy", "random", "tpe", "cmaes", "was", "evopress", "bo", "bo-greedy"],
-    )
+    parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--seq-len", type=int, default=256)
@@ -175,7 +195,18 @@ def main() -> None:
     parser.add_argument("--db", type=Path, default=None, help="SQLite file to use (kept; resumable).")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="Run nothing: join these invocations' allocators.json files into --out's tables.",
+    )
     args = parser.parse_args()
+    command = shlex.join(["python", "bench/allocators.py", *sys.argv[1:]])
+    if args.merge:
+        write_outputs({**merge_results(args.merge), "command": command}, args.out)
+        return
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # As the command line does: Optuna's heartbeat and metric-name APIs are stable in use but marked experimental.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -191,7 +222,7 @@ def main() -> None:
     ranking = ranking_check(database, args) if args.ranking else None
     if ranking:
         print(f"ranking check: Spearman {ranking['spearman']:.3f} over {ranking['allocations']} allocations")
-    results: dict[str, Any] = {"targets": {}, "ranking": ranking}
+    results: dict[str, Any] = {"command": command, "targets": {}, "ranking": ranking}
     for target in args.targets:
         heldout_cache: dict[tuple[Any, ...], float] = {}
         dense_session = open_session(
@@ -224,27 +255,158 @@ def main() -> None:
     results["total_seconds"] = time.perf_counter() - started  # this invocation (a rerun reuses finished studies)
     every_run = [run for target in results["targets"].values() for runs in target["runs"].values() for run in runs]
     results["search_seconds"] = sum(run["wall_seconds"] for run in every_run)
-    write_outputs(results, args)
+    write_outputs(results, args.out, suffix="_quick" if args.quick else "")
 
 
-def write_outputs(results: dict[str, Any], args: argparse.Namespace) -> None:
+def merge_results(paths: list[Path]) -> dict[str, Any]:
+    """The results one invocation would have written, from several invocations' ``allocators.json``.
+
+    Runs are joined by study name; a study in two files (greedy, rerun by each invocation) must have the
+    same result in both, and the files must share their token budgets and dense perplexities."""
+    parts = [(path, json.loads(path.read_text())) for path in paths]
+    reference_path, reference = parts[0]
+    by_target: dict[float, dict[str, Any]] = {}
+    for path, part in parts:
+        for key in COMPARABLE:
+            if part["settings"][key] != reference["settings"][key]:
+                raise SystemExit(
+                    f"{path}: {key} is {part['settings'][key]}, {reference_path} has {reference['settings'][key]}; "
+                    "not comparable."
+                )
+        for target, block in part["targets"].items():
+            merged = by_target.setdefault(float(target), {**block, "by_name": {}})
+            for key in ("dense_heldout", "dense_calibration"):
+                if not math.isclose(merged[key], block[key], rel_tol=1e-9):
+                    raise SystemExit(f"{path}: {key} at {target} differs from another file's; not comparable.")
+            for run in (run for runs in block["runs"].values() for run in runs):
+                kept = merged["by_name"].setdefault(run["name"], {**run, "file": str(path)})
+                if not math.isclose(kept["best_heldout"], run["best_heldout"], rel_tol=1e-6):
+                    raise SystemExit(f"{run['name']}: {kept['file']} and {path} disagree; not comparable.")
+    targets: dict[str, Any] = {}
+    for target in sorted(by_target):
+        block = by_target[target]
+        per_sampler: dict[str, list[dict[str, Any]]] = {}
+        for name in sorted(block["by_name"], key=lambda n: (SAMPLERS.index(parse_study_name(n)[0]), n)):
+            run = {k: v for k, v in block["by_name"][name].items() if k != "file"}
+            per_sampler.setdefault(parse_study_name(name)[0], []).append(run)
+        greedy = per_sampler["greedy"][0]["best_calibration"] if "greedy" in per_sampler else math.inf
+        targets[str(target)] = {
+            "dense_heldout": block["dense_heldout"],
+            "dense_calibration": block["dense_calibration"],
+            "samplers": {name: summarise(runs, greedy, block["dense_heldout"]) for name, runs in per_sampler.items()},
+            "runs": per_sampler,
+        }
+    every_run = [run for block in targets.values() for runs in block["runs"].values() for run in runs]
+    settings = {key: reference["settings"][key] for key in COMPARABLE}
+    return {
+        "targets": targets,
+        "ranking": next((part["ranking"] for _, part in parts if part.get("ranking")), None),
+        "settings": {
+            **settings,
+            "targets": sorted(by_target),
+            "samplers": [s for s in SAMPLERS if any(s in block["runs"] for block in targets.values())],
+            "seeds": sorted({parse_study_name(run["name"])[2] for run in every_run}),
+            "db": [part["settings"]["db"] for _, part in parts],
+            "merged_from": [str(path) for path in paths],
+        },
+        "total_seconds": sum(part["total_seconds"] for _, part in parts),
+        "search_seconds": sum(run["wall_seconds"] for run in every_run),
+    }
+
+
+def degradation(perplexity: float, dense: float) -> float:
+    return perplexity / dense - 1.0
+
+
+def goal_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 5's goal for every ``bo`` run that has greedy at its target: one row per variant and seed."""
+    rows = []
+    for target, block in results["targets"].items():
+        if "greedy" not in block["runs"]:
+            continue
+        dense = block["dense_heldout"]
+        runs = {run["name"]: run for sampler_runs in block["runs"].values() for run in sampler_runs}
+        greedy = degradation(block["runs"]["greedy"][0]["best_heldout"], dense)
+        for variant in BO_VARIANTS:
+            for bo in block["runs"].get(variant, []):
+                seed = parse_study_name(bo["name"])[2]
+                anchors = [runs.get(study_name(a, float(target), seed)) for a in ANCHORS]
+                anchor = min((degradation(a["best_heldout"], dense) for a in anchors if a), default=None)
+                at_50 = degradation(bo["best_heldout"], dense)
+                at_25 = degradation(dict(bo["heldout_checks"]).get(25, bo["best_heldout"]), dense)
+                reduction = 1.0 - at_50 / greedy
+                rows.append(
+                    {
+                        "target": float(target),
+                        "variant": variant,
+                        "seed": seed,
+                        "greedy": greedy,
+                        "anchor": anchor,
+                        "bo_50": at_50,
+                        "bo_25": at_25,
+                        "reduction_vs_greedy": reduction,
+                        "beats_greedy_by_25pct": reduction >= REDUCTION_GOAL,
+                        "beats_anchors": anchor is not None and at_50 < anchor,
+                        "result_by_25": at_25 <= at_50 + 1e-12,
+                    }
+                )
+    return rows
+
+
+def goal_lines(rows: list[dict[str, Any]]) -> list[str]:
+    def pct(value: float | None) -> str:
+        return "—" if value is None else f"{value:+.1%}"
+
+    def yes(flag: bool) -> str:
+        return "yes" if flag else "**no**"
+
+    lines = [
+        "## Issue 5's goal, seed by seed",
+        "",
+        "Held-out degradation vs dense. Greedy-uniform (TEAL) is deterministic; the anchor is the better of `was` "
+        "and `evopress` on the same seed; `bo` @25 is the held-out degradation of its best trial after 25 "
+        f"evaluations. The goal: a reduction vs greedy of at least {REDUCTION_GOAL:.0%}, beating the anchor, "
+        "and the 50-evaluation result reached by 25.",
+        "",
+        "| target | bo variant | seed | greedy | best of was/evopress | bo @50 | bo @25 | reduction vs greedy "
+        f"| ≥ {REDUCTION_GOAL:.0%} smaller than greedy | beats was/evopress | result within 25 evaluations |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['target']:.0%} | {r['variant']} | {r['seed']} | {pct(r['greedy'])} | {pct(r['anchor'])} | "
+            f"{pct(r['bo_50'])} | {pct(r['bo_25'])} | {r['reduction_vs_greedy']:.1%} | "
+            f"{yes(r['beats_greedy_by_25pct'])} | {yes(r['beats_anchors'])} | {yes(r['result_by_25'])} |"
+        )
+    return [*lines, ""]
+
+
+def write_outputs(results: dict[str, Any], out: Path, suffix: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    suffix = "_quick" if args.quick else ""
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"allocators{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"allocators{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
     settings = results["settings"]
+    merged = settings.get("merged_from")
+    timing = (
+        f"searches {results['search_seconds'] / 3600:.2f} h in all (trial timestamps); the {len(merged)} "
+        f"invocations merged here took {results['total_seconds'] / 3600:.2f} h"
+        if merged
+        else f"searches {results['search_seconds'] / 3600:.2f} h in all (trial timestamps), this invocation "
+        f"{results['total_seconds'] / 3600:.2f} h (a rerun on a kept database reuses finished studies)"
+    )
+    databases = settings["db"] if isinstance(settings["db"], list) else [settings["db"]]
     lines = [
         "# Allocators head to head on SmolLM2-135M",
         "",
-        f"`python bench/allocators.py` — pydoc corpus; calibration {settings['calibration_sequences']} x "
-        f"{settings['seq_len']} tokens (the search objective), held-out {settings['heldout_sequences']} x "
-        f"{settings['seq_len']} tokens from topics disjoint from calibration; {settings['trials']} evaluations per "
-        f"search, seeds {settings['seeds']}; searches {results['search_seconds'] / 3600:.2f} h in all (trial "
-        f"timestamps), this invocation {results['total_seconds'] / 3600:.2f} h. Database: `{settings['db']}`.",
+        f"`{results.get('command', 'python bench/allocators.py')}` — pydoc corpus; calibration "
+        f"{settings['calibration_sequences']} x {settings['seq_len']} tokens (the search objective), held-out "
+        f"{settings['heldout_sequences']} x {settings['seq_len']} tokens from topics disjoint from calibration; "
+        f"{settings['trials']} evaluations per search, seeds {settings['seeds']}; {timing}. "
+        f"Database{'s' if len(databases) > 1 else ''}: {', '.join(f'`{db}`' for db in databases)}.",
         "",
     ]
     if results["ranking"]:
@@ -273,7 +435,8 @@ def write_outputs(results: dict[str, Any], args: argparse.Namespace) -> None:
                 f"{s['first_beat_greedy']} | {s['wall_seconds_median']:.0f} | {s['sampler_share_median']:.1%} |"
             )
         lines.append("")
-    (args.out / f"allocators{suffix}.md").write_text("\n".join(lines))
+    lines += goal_lines(goal_rows(results))
+    (out / f"allocators{suffix}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
     targets = list(results["targets"].items())
@@ -283,8 +446,10 @@ def write_outputs(results: dict[str, Any], args: argparse.Namespace) -> None:
             curves = [r["curve"] for r in runs]
             length = max(len(c) for c in curves)
             padded = np.array([c + [c[-1]] * (length - len(c)) for c in curves])
-            x = np.arange(1, length + 1)
-            (line,) = axis.plot(x, np.median(padded, axis=0), label=name)
+            if length == 1:  # one evaluation (uniform, greedy): a level line across the searches' budget
+                line = axis.axhline(curves[0][0], linestyle="--", linewidth=1, label=f"{name} (1 evaluation)")
+            else:
+                (line,) = axis.plot(np.arange(1, length + 1), np.median(padded, axis=0), label=name)
             by_checkpoint: dict[int, list[float]] = {}
             for run in runs:
                 for k, value in run["heldout_checks"]:
@@ -299,7 +464,7 @@ def write_outputs(results: dict[str, Any], args: argparse.Namespace) -> None:
         axis.set_title(f"target {float(target):.0%}")
         axis.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(args.out / f"allocators{suffix}.png", dpi=120)
+    figure.savefig(out / f"allocators{suffix}.png", dpi=120)
 
 
 if __name__ == "__main__":
