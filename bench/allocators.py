@@ -393,7 +393,8 @@ def write_outputs(results: dict[str, Any], out: Path, suffix: str = "") -> None:
     merged = settings.get("merged_from")
     timing = (
         f"searches {results['search_seconds'] / 3600:.2f} h in all (trial timestamps); the {len(merged)} "
-        f"invocations merged here took {results['total_seconds'] / 3600:.2f} h"
+        f"invocations merged here took {results['total_seconds'] / 3600:.2f} h (a rerun on a kept database "
+        "reuses finished studies; wall times depend on what else the machine ran)"
         if merged
         else f"searches {results['search_seconds'] / 3600:.2f} h in all (trial timestamps), this invocation "
         f"{results['total_seconds'] / 3600:.2f} h (a rerun on a kept database reuses finished studies)"
@@ -446,23 +447,31 @@ def write_outputs(results: dict[str, Any], out: Path, suffix: str = "") -> None:
             curves = [r["curve"] for r in runs]
             length = max(len(c) for c in curves)
             padded = np.array([c + [c[-1]] * (length - len(c)) for c in curves])
+            color = f"C{SAMPLERS.index(name)}"  # one colour per sampler, the same in every panel
             if length == 1:  # one evaluation (uniform, greedy): a level line across the searches' budget
-                line = axis.axhline(curves[0][0], linestyle="--", linewidth=1, label=f"{name} (1 evaluation)")
+                axis.axhline(curves[0][0], color=color, linestyle="--", linewidth=1, label=f"{name} (1 evaluation)")
+                axis.axhline(runs[0]["best_heldout"], color=color, linestyle=":", linewidth=1)
             else:
-                (line,) = axis.plot(np.arange(1, length + 1), np.median(padded, axis=0), label=name)
+                axis.plot(np.arange(1, length + 1), np.median(padded, axis=0), color=color, label=name)
             by_checkpoint: dict[int, list[float]] = {}
             for run in runs:
                 for k, value in run["heldout_checks"]:
                     by_checkpoint.setdefault(k, []).append(value)
             points = sorted(by_checkpoint)
             medians = [statistics.median(by_checkpoint[k]) for k in points]
-            axis.plot(points, medians, "s", color=line.get_color(), alpha=0.7)
+            axis.plot(points, medians, "s", color=color, alpha=0.7)
         axis.axhline(block["dense_heldout"], color="black", linestyle=":", label="dense (held-out)")
         axis.set_yscale("log")
         axis.set_xlabel("evaluations")
-        axis.set_ylabel("perplexity (lines: best-so-far calibration; squares: its held-out)")
+        axis.set_ylabel("perplexity")
         axis.set_title(f"target {float(target):.0%}")
-        axis.legend(fontsize=7)
+        axis.legend(fontsize=7, ncol=2)
+    figure.suptitle(
+        "lines: best-so-far calibration perplexity (median over seeds); "
+        "squares: held-out perplexity of the best trial so far; dashed: uniform and greedy (one evaluation), "
+        "dotted in their colour: their held-out perplexity",
+        fontsize=9,
+    )
     figure.tight_layout()
     figure.savefig(out / f"allocators{suffix}.png", dpi=120)
 
