@@ -157,6 +157,10 @@ def ranking_check(database: Database, args: argparse.Namespace, n: int = 12) -> 
     }
 
 
+def degradation(perplexity: float, dense: float) -> float:
+    return (perplexity - dense) / dense
+
+
 def summarise(runs: list[dict[str, Any]], greedy_calibration: float, dense: float) -> dict[str, Any]:
     def med(key: str) -> float:
         return statistics.median(r[key] for r in runs)
@@ -165,20 +169,38 @@ def summarise(runs: list[dict[str, Any]], greedy_calibration: float, dense: floa
         return next((i + 1 for i, value in enumerate(run["curve"]) if value < greedy_calibration), None)
 
     beats = [first_beat(r) for r in runs]
-    degradation = [(r["best_heldout"] - dense) / dense for r in runs]
+    degradations = [degradation(r["best_heldout"], dense) for r in runs]
     return {
         "seeds": len(runs),
         "best_calibration_median": med("best_calibration"),
         "best_calibration_range": [min(r["best_calibration"] for r in runs), max(r["best_calibration"] for r in runs)],
         "best_heldout_median": med("best_heldout"),
         "best_heldout_range": [min(r["best_heldout"] for r in runs), max(r["best_heldout"] for r in runs)],
-        "heldout_degradation_median": statistics.median(degradation),
-        "heldout_degradation_range": [min(degradation), max(degradation)],
-        "heldout_degradation_per_seed": degradation,
+        "heldout_degradation_median": statistics.median(degradations),
+        "heldout_degradation_range": [min(degradations), max(degradations)],
+        "heldout_degradation_per_seed": degradations,
         "first_beat_greedy": beats,
         "wall_seconds_median": med("wall_seconds"),
         "sampler_share_median": med("sampler_share"),
     }
+
+
+Runs = dict[str, list[dict[str, Any]]]  # a target's runs, by sampler
+
+
+def target_block(per_sampler: Runs, dense: float, dense_calibration: float) -> dict[str, Any]:
+    """One target's results: its runs per sampler and their summaries ("first beat greedy" needs greedy's run)."""
+    greedy_calibration = per_sampler["greedy"][0]["best_calibration"] if "greedy" in per_sampler else math.inf
+    return {
+        "dense_heldout": dense,
+        "dense_calibration": dense_calibration,
+        "samplers": {name: summarise(runs, greedy_calibration, dense) for name, runs in per_sampler.items()},
+        "runs": per_sampler,
+    }
+
+
+def every_run(targets: dict[str, Any]) -> list[dict[str, Any]]:
+    return [run for block in targets.values() for runs in block["runs"].values() for run in runs]
 
 
 def main() -> None:
@@ -241,20 +263,13 @@ def main() -> None:
                     f"held-out {run['best_heldout']:.3f} ({run['wall_seconds']:.0f} s)",
                     flush=True,
                 )
-        greedy_calibration = per_sampler["greedy"][0]["best_calibration"] if "greedy" in per_sampler else math.inf
-        results["targets"][str(target)] = {
-            "dense_heldout": dense,
-            "dense_calibration": dense_calibration,
-            "samplers": {name: summarise(runs, greedy_calibration, dense) for name, runs in per_sampler.items()},
-            "runs": per_sampler,
-        }
+        results["targets"][str(target)] = target_block(per_sampler, dense, dense_calibration)
     results["settings"] = {
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "db": str(db_path),
     }
     results["total_seconds"] = time.perf_counter() - started  # this invocation (a rerun reuses finished studies)
-    every_run = [run for target in results["targets"].values() for runs in target["runs"].values() for run in runs]
-    results["search_seconds"] = sum(run["wall_seconds"] for run in every_run)
+    results["search_seconds"] = sum(run["wall_seconds"] for run in every_run(results["targets"]))
     write_outputs(results, args.out, suffix="_quick" if args.quick else "")
 
 
@@ -274,9 +289,10 @@ def merge_results(paths: list[Path]) -> dict[str, Any]:
                     "not comparable."
                 )
         for target, block in part["targets"].items():
-            merged = by_target.setdefault(float(target), {**block, "by_name": {}})
-            for key in ("dense_heldout", "dense_calibration"):
-                if not math.isclose(merged[key], block[key], rel_tol=1e-9):
+            dense = {key: block[key] for key in ("dense_heldout", "dense_calibration")}
+            merged = by_target.setdefault(float(target), {**dense, "by_name": {}})
+            for key, value in dense.items():
+                if not math.isclose(merged[key], value, rel_tol=1e-9):
                     raise SystemExit(f"{path}: {key} at {target} differs from another file's; not comparable.")
             for run in (run for runs in block["runs"].values() for run in runs):
                 kept = merged["by_name"].setdefault(run["name"], {**run, "file": str(path)})
@@ -285,18 +301,12 @@ def merge_results(paths: list[Path]) -> dict[str, Any]:
     targets: dict[str, Any] = {}
     for target in sorted(by_target):
         block = by_target[target]
-        per_sampler: dict[str, list[dict[str, Any]]] = {}
+        per_sampler: Runs = {}
         for name in sorted(block["by_name"], key=lambda n: (SAMPLERS.index(parse_study_name(n)[0]), n)):
             run = {k: v for k, v in block["by_name"][name].items() if k != "file"}
             per_sampler.setdefault(parse_study_name(name)[0], []).append(run)
-        greedy = per_sampler["greedy"][0]["best_calibration"] if "greedy" in per_sampler else math.inf
-        targets[str(target)] = {
-            "dense_heldout": block["dense_heldout"],
-            "dense_calibration": block["dense_calibration"],
-            "samplers": {name: summarise(runs, greedy, block["dense_heldout"]) for name, runs in per_sampler.items()},
-            "runs": per_sampler,
-        }
-    every_run = [run for block in targets.values() for runs in block["runs"].values() for run in runs]
+        targets[str(target)] = target_block(per_sampler, block["dense_heldout"], block["dense_calibration"])
+    runs = every_run(targets)
     settings = {key: reference["settings"][key] for key in COMPARABLE}
     return {
         "targets": targets,
@@ -305,17 +315,13 @@ def merge_results(paths: list[Path]) -> dict[str, Any]:
             **settings,
             "targets": sorted(by_target),
             "samplers": [s for s in SAMPLERS if any(s in block["runs"] for block in targets.values())],
-            "seeds": sorted({parse_study_name(run["name"])[2] for run in every_run}),
+            "seeds": sorted({parse_study_name(run["name"])[2] for run in runs}),
             "db": [part["settings"]["db"] for _, part in parts],
             "merged_from": [str(path) for path in paths],
         },
         "total_seconds": sum(part["total_seconds"] for _, part in parts),
-        "search_seconds": sum(run["wall_seconds"] for run in every_run),
+        "search_seconds": sum(run["wall_seconds"] for run in runs),
     }
-
-
-def degradation(perplexity: float, dense: float) -> float:
-    return perplexity / dense - 1.0
 
 
 def goal_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
