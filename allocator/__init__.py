@@ -1,7 +1,10 @@
 """sparsealloc's model-side library: models, data, sparsifiers, calibration, objective, constraint, samplers.
 
-Nothing here knows about databases. Heavy modules (torch, transformers, botorch) are imported on first use
-of a name, so ``import allocator`` and the command line's ``--help`` stay fast.
+Nothing here knows about databases. The public names are listed in ``__all__``; other packages (and the
+tests and benchmarks) use only these, never a private module (``make lint`` refuses such an import).
+Heavy modules (torch, transformers, botorch) are imported on first use of a name, so ``import allocator``
+and the command line's ``--help`` stay fast. The samplers live in :mod:`allocator.samplers`, the trial
+attributes in :mod:`allocator.trial_attributes`, the errors in :mod:`allocator.errors`.
 """
 
 from __future__ import annotations
@@ -9,12 +12,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from allocator._errors import (
+from allocator.errors import (
     DataSourceError,
     InfeasibleConstraintError,
     InputError,
     LookupFileError,
     ModelSourceError,
+    OutputError,
     SparseallocError,
     StorageError,
     UnsupportedArchitectureError,
@@ -26,35 +30,50 @@ _LAZY: dict[str, str] = {
     "SUPPORTED_ARCHITECTURES": "allocator._adapters",
     "ModelAdapter": "allocator._adapters",
     "Site": "allocator._adapters",
+    "INPUT_GROUPS": "allocator._adapters",
     "EMBEDDED_MODELS": "allocator._models",
     "LoadedModel": "allocator._models",
+    "check_model_source": "allocator._models",
     "load_model": "allocator._models",
     "model_fingerprint": "allocator._models",
     "EMBEDDED_CORPORA": "allocator._data",
     "TextCorpus": "allocator._data",
     "TokenSplit": "allocator._data",
+    "check_text_source": "allocator._data",
     "load_text": "allocator._data",
     "tokenize_split": "allocator._data",
     "SCORE_KINDS": "allocator._scores",
     "Score": "allocator._scores",
     "ScoreHistogram": "allocator._histogram",
+    "key_counts": "allocator._histogram",
+    "CALIBRATION_FORMAT": "allocator._calibration",
     "Calibration": "allocator._calibration",
     "calibrate": "allocator._calibration",
     "Sparsifiers": "allocator._sparsifier",
     "SparseModel": "allocator._sparse_model",
     "SplitRule": "allocator._sparse_model",
     "UniformSplit": "allocator._sparse_model",
+    "GREEDY_FORMAT": "allocator._greedy",
     "GreedySplit": "allocator._greedy",
     "GreedyTable": "allocator._greedy",
     "build_greedy_table": "allocator._greedy",
+    "capture_block_inputs": "allocator._greedy",
     "LOOKUP_FORMAT": "allocator._lookup",
     "build_lookup": "allocator._lookup",
+    "check_export_target": "allocator._lookup",
     "load_lookup": "allocator._lookup",
     "read_lookup": "allocator._lookup",
     "write_lookup": "allocator._lookup",
+    "lookup_thresholds": "allocator._lookup",
     "write_teal_files": "allocator._teal",
     "Evaluation": "allocator._objective",
     "PerplexityObjective": "allocator._objective",
+    "batch_nll": "allocator._objective",
+    "evaluate_tokens": "allocator._objective",
+    "ConstraintSpace": "allocator._constraint",
+    "maximin_order": "allocator._constraint",
+    "atomic_write_bytes": "allocator._files",
+    "atomic_write_directory": "allocator._files",
 }
 
 __all__ = [
@@ -63,6 +82,7 @@ __all__ = [
     "InputError",
     "LookupFileError",
     "ModelSourceError",
+    "OutputError",
     "SparseallocError",
     "StorageError",
     "UnsupportedArchitectureError",

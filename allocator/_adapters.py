@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from allocator._errors import UnsupportedArchitectureError
+from allocator.errors import UnsupportedArchitectureError
 
 if TYPE_CHECKING:
     import torch

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 from allocator._adapters import INPUT_GROUPS, SITE_NAMES, ModelAdapter
-from allocator._errors import InputError
 from allocator._histogram import ScoreHistogram, key_counts
 from allocator._scores import Score
+from allocator.errors import InputError
 
 CALIBRATION_FORMAT = "sparsealloc.calibration/v1"
 

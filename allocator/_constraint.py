@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from allocator._errors import InfeasibleConstraintError, InputError
+from allocator.errors import InfeasibleConstraintError, InputError
 
 if TYPE_CHECKING:
     import torch

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from allocator._errors import DataSourceError, InputError
+from allocator.errors import DataSourceError, InputError
 
 if TYPE_CHECKING:
     import torch

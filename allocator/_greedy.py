@@ -25,7 +25,7 @@ import torch
 
 from allocator._adapters import SITE_NAMES, ModelAdapter
 from allocator._calibration import Calibration
-from allocator._errors import InputError
+from allocator.errors import InputError
 
 GREEDY_FORMAT = "sparsealloc.greedy/v1"
 
@@ -166,7 +166,7 @@ class _CandidateSparsifiers:
 
 
 @torch.no_grad()
-def _capture_block_inputs(adapter: ModelAdapter, tokens: torch.Tensor) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+def capture_block_inputs(adapter: ModelAdapter, tokens: torch.Tensor) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
     """Each block's positional and keyword inputs in a dense forward of ``tokens``."""
     captured: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
     handles = []
@@ -230,7 +230,7 @@ def build_greedy_table(
     started = time.perf_counter()
     model = adapter.model
     model.eval()
-    inputs = _capture_block_inputs(adapter, tokens)
+    inputs = capture_block_inputs(adapter, tokens)
     layers = adapter.layers
     weights = adapter.site_weights()  # (n_blocks, 7)
     table: dict[str, list[torch.Tensor]] = {"effective": [], "sites": [], "error": [], "baseline_error": []}

@@ -14,20 +14,20 @@ The loader refuses a lookup of another format version, another architecture or a
 from __future__ import annotations
 
 import json
-import math
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from allocator._adapters import SITE_NAMES, ModelAdapter
-from allocator._errors import LookupFileError
 from allocator._files import atomic_write_directory
 from allocator._models import model_fingerprint
 from allocator._scores import Score
 from allocator._sparsifier import Sparsifiers
+from allocator.errors import LookupFileError, OutputError
 
 LOOKUP_FORMAT = "sparsealloc.lookup/v1"
 LOOKUP_FILE = "lookup.json"
@@ -84,15 +84,103 @@ def build_lookup(
     }
 
 
-def write_lookup(directory: str | Path, lookup: dict[str, Any], *, extra: Any = None) -> None:
-    """Write ``lookup.json`` (and whatever ``extra(staging_dir)`` writes) to ``directory`` atomically."""
+#: What an export directory holds; an existing directory holding anything else is never replaced.
+EXPORT_ENTRIES = frozenset({LOOKUP_FILE, "histograms", "lookup", "block_sparsities.json", "nncf.json"})
+
+
+def check_export_target(directory: str | Path) -> Path:
+    """The absolute export directory, if it may be written: new, empty, or an earlier export.
+
+    An export replaces its directory atomically, so a directory holding anything but an earlier export
+    (the study's own database, say) is refused rather than deleted, and so is the working directory or one
+    of its parents.
+    """
+    target = Path(directory).expanduser().resolve()
+    if target == Path.cwd().resolve() or target in Path.cwd().resolve().parents:
+        raise OutputError(f"Cannot export into {str(target)!r}: it is the working directory or holds it.")
+    if not target.exists():
+        return target
+    if not target.is_dir():
+        raise OutputError(f"Cannot export into {str(target)!r}: it exists and is not a directory.")
+    entries = {entry.name for entry in target.iterdir()}
+    if entries and (LOOKUP_FILE not in entries or entries - EXPORT_ENTRIES or not _is_lookup(target / LOOKUP_FILE)):
+        raise OutputError(
+            f"Cannot export into {str(target)!r}: it holds files that are not a sparsealloc export; "
+            "give a new or empty directory, or an earlier export to replace."
+        )
+    return target
+
+
+def _is_lookup(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("format", "").startswith("sparsealloc.lookup/")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def write_lookup(directory: str | Path, lookup: dict[str, Any], *, extra: Any = None) -> Path:
+    """Write ``lookup.json`` (and whatever ``extra(staging_dir)`` writes) to ``directory`` atomically.
+
+    Returns the absolute directory. Refuses a directory that is not new, empty or an earlier export
+    (:func:`check_export_target`); an unwritable place is one sentence, with nothing left behind.
+    """
+    target = check_export_target(directory)
 
     def fill(staging: Path) -> None:
         (staging / LOOKUP_FILE).write_text(json.dumps(lookup, indent=2, allow_nan=False) + "\n")
         if extra is not None:
             extra(staging)
 
-    atomic_write_directory(directory, fill)
+    try:
+        atomic_write_directory(target, fill)
+    except OSError as error:
+        raise OutputError(f"Cannot write the export to {str(target)!r}: {error.strerror or error}.") from error
+    return target
+
+
+class _Strict(BaseModel):
+    # Extra keys are allowed: a v1 reader ignores what later v1 writers add (provenance, say).
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class _SiteEntry(_Strict):
+    sparsity: float = Field(ge=0.0, lt=1.0, allow_inf_nan=False)
+    threshold: float = Field(ge=0.0, allow_inf_nan=False)
+
+
+class _BlockEntry(_Strict):
+    sparsity: float = Field(ge=0.0, lt=1.0, allow_inf_nan=False)
+    sites: dict[Literal["q", "k", "v", "o", "gate", "up", "down"], _SiteEntry]
+
+    @field_validator("sites")
+    @classmethod
+    def _every_site(cls, sites: dict[str, _SiteEntry]) -> dict[str, _SiteEntry]:
+        missing = [name for name in SITE_NAMES if name not in sites]
+        if missing:
+            raise ValueError(f"no entry for site(s) {', '.join(missing)}")
+        return sites
+
+
+class _ModelEntry(_Strict):
+    name: str
+    architecture: str
+    n_blocks: int = Field(ge=1)
+    fingerprint: str
+
+
+class _ScoreEntry(_Strict):
+    kind: Literal["magnitude", "weight_aware"]
+    norm: Literal[1, 2] | None = None
+
+
+class _LookupDocument(_Strict):
+    """What the loader relies on, with strict types: a threshold given as the string "0.3" is refused."""
+
+    format: Literal["sparsealloc.lookup/v1"]
+    model: _ModelEntry
+    score: _ScoreEntry
+    sparsify_fraction: float = Field(gt=0.0, le=1.0, allow_inf_nan=False)
+    blocks: list[_BlockEntry]
 
 
 def read_lookup(path: str | Path) -> dict[str, Any]:
@@ -117,18 +205,17 @@ def read_lookup(path: str | Path) -> dict[str, Any]:
     if found != LOOKUP_FORMAT:
         raise LookupFileError(f"Lookup {str(file)!r} has format {found!r}; this sparsealloc reads {LOOKUP_FORMAT}.")
     try:
-        n_blocks = int(lookup["model"]["n_blocks"])
-        blocks = lookup["blocks"]
-        if len(blocks) != n_blocks:
-            raise ValueError("block count")
-        for block in blocks:
-            for name in SITE_NAMES:
-                value = float(block["sites"][name]["threshold"])
-                if not math.isfinite(value) or value < 0:
-                    raise ValueError(name)
-        Score.from_description(lookup["score"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise LookupFileError(f"Lookup {str(file)!r} is incomplete or malformed ({error}).") from None
+        document = _LookupDocument.model_validate(lookup)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        raise LookupFileError(f"Lookup {str(file)!r} is incomplete or malformed (`{where}`: {message}).") from None
+    if len(document.blocks) != document.model.n_blocks:
+        raise LookupFileError(
+            f"Lookup {str(file)!r} is incomplete or malformed ({len(document.blocks)} blocks for a model of "
+            f"{document.model.n_blocks})."
+        )
     return lookup
 
 

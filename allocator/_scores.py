@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from allocator._errors import InputError
+from allocator.errors import InputError
 
 if TYPE_CHECKING:
     import torch

@@ -16,8 +16,8 @@ import torch
 
 from allocator._adapters import SITE_NAMES, ModelAdapter
 from allocator._calibration import Calibration
-from allocator._errors import InputError
 from allocator._sparsifier import Sparsifiers
+from allocator.errors import InputError
 
 
 class SplitRule(Protocol):

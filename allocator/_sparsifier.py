@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from allocator._adapters import ModelAdapter
-from allocator._errors import InputError
 from allocator._scores import Score
+from allocator.errors import InputError
 
 if TYPE_CHECKING:
     from torch import nn

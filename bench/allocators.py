@@ -43,10 +43,7 @@ from optuna.trial import TrialState
 
 from allocator.samplers import evaluated_vector
 from storage import Database
-from studies._config import parse_config
-from studies._manage import create_study
-from studies._runner import load_optuna_study, run_study
-from studies._session import open_session
+from studies import create_study, load_optuna_study, open_session, parse_config, run_study
 
 RESULTS = Path(__file__).parent / "results"
 RUNS = Path(__file__).parent / "runs"

@@ -21,8 +21,16 @@ from pathlib import Path
 
 import torch
 
-from allocator import PerplexityObjective, Score, SparseModel, calibrate, load_model, load_text, tokenize_split
-from allocator._objective import batch_nll
+from allocator import (
+    PerplexityObjective,
+    Score,
+    SparseModel,
+    batch_nll,
+    calibrate,
+    load_model,
+    load_text,
+    tokenize_split,
+)
 
 RESULTS = Path(__file__).parent / "results"
 LEVELS = (0.0, 0.25, 0.40, 0.50, 0.60, 0.70)

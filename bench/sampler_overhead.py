@@ -61,8 +61,7 @@ def _time_proposal(dim: int, n: int, seed: int) -> dict[str, float]:
     """One ``bo`` proposal after ``n`` trials, timed in parts (same code path as ``BoSampler.propose``)."""
     import torch
 
-    from allocator.samplers import collect_history, create_sampler
-    from allocator.samplers._bo import _one_thread
+    from allocator.samplers import collect_history, create_sampler, single_threaded
 
     study, objective = _history_study(dim, n, seed)
     space = objective.space
@@ -70,12 +69,12 @@ def _time_proposal(dim: int, n: int, seed: int) -> dict[str, float]:
     trial = study.ask()
     # A running study has drawn its hit-and-run pool once (its cost is reported apart): warm it on the very
     # space this proposal searches (the pool is cached per space object and seed).
-    with torch.device("cpu"), _one_thread():
+    with torch.device("cpu"), single_threaded():
         warm = sampler._search(collect_history(study, trial._cached_frozen_trial, space)).space
         warm.polytope_pool(seed=seed, size=sampler.raw_samples)
     parts: dict[str, float] = {}
     t0 = time.perf_counter()
-    with torch.device("cpu"), _one_thread():
+    with torch.device("cpu"), single_threaded():
         hist = collect_history(study, trial._cached_frozen_trial, space)
         search = sampler._search(hist)
         t1 = time.perf_counter()
@@ -90,9 +89,9 @@ def _time_proposal(dim: int, n: int, seed: int) -> dict[str, float]:
         sampler.optimize(acqf, box, hist, search, np.random.default_rng(seed))
         t3 = time.perf_counter()
         # A warm-started refit, as in a running study where the previous proposal stored its fit.
-        from allocator.samplers._bo import _hyperparameters
+        from allocator.samplers import gp_hyperparameters
 
-        sampler.fit(hist, search, warm_start=_hyperparameters(model, search))
+        sampler.fit(hist, search, warm_start=gp_hyperparameters(model, search))
         t4 = time.perf_counter()
     parts.update(
         history=t1 - t0,
@@ -111,17 +110,24 @@ def _compare(dim: int, n: int, seed: int) -> dict[str, Any]:
     import torch
     from botorch.optim import optimize_acqf
 
-    from allocator.samplers import collect_history, create_sampler
-    from allocator.samplers._acqf import _ranked, optimize_nullspace, optimize_slsqp, select_starts
-    from allocator.samplers._bo import _one_thread, _Search
+    from allocator.samplers import (
+        SearchSpace,
+        collect_history,
+        create_sampler,
+        optimize_nullspace,
+        optimize_slsqp,
+        rank_candidates,
+        select_starts,
+        single_threaded,
+    )
 
     study, objective = _history_study(dim, n, seed)
     space = objective.space
     sampler = create_sampler("bo", space=space, seed=seed, profile_knots=None, trust_region=False)
     hist = collect_history(study, study.ask()._cached_frozen_trial, space)
-    search = _Search(space=space, to_blocks=None)
+    search = SearchSpace(space=space, to_blocks=None)
     out: dict[str, Any] = {"dim": dim, "n": n, "seed": seed}
-    with torch.device("cpu"), _one_thread(), torch.random.fork_rng():
+    with torch.device("cpu"), single_threaded(), torch.random.fork_rng():
         torch.manual_seed(seed)
         model = sampler.fit(hist, search)
         acqf = sampler.acquisition(model, hist, search, seed=0)
@@ -136,7 +142,7 @@ def _compare(dim: int, n: int, seed: int) -> dict[str, Any]:
             raw_samples=sampler.raw_samples,
             equality_constraints=space.botorch_equality_constraints(normalized=False),
         )
-        slsqp = _ranked(acqf, space.project(X.detach().reshape(-1, space.dim).numpy()))
+        slsqp = rank_candidates(acqf, space.project(X.detach().reshape(-1, space.dim).numpy()))
         out["botorch_slsqp"] = {"seconds": time.perf_counter() - t, "value": float(slsqp.values[0])}
 
         t = time.perf_counter()

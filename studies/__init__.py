@@ -1,0 +1,61 @@
+"""The study runner: configuration, sessions, the run loop, export, reports, the command line.
+
+Public names are imported lazily (``from studies import run_study`` imports the runner, and with it the
+samplers, only then), so ``sparsealloc --help``, ``study status`` and ``study list`` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY: dict[str, str] = {
+    "DataConfig": "studies._config",
+    "StudyConfig": "studies._config",
+    "load_config": "studies._config",
+    "parse_config": "studies._config",
+    "ArtifactStore": "studies._session",
+    "MemoryArtifacts": "studies._session",
+    "StudySession": "studies._session",
+    "artifact_key": "studies._session",
+    "build_space": "studies._session",
+    "calibration_for": "studies._session",
+    "greedy_table_for": "studies._session",
+    "load_tokens": "studies._session",
+    "open_session": "studies._session",
+    "stored_artifact": "studies._session",
+    "Reporter": "studies._runner",
+    "RunResult": "studies._runner",
+    "SilentReporter": "studies._runner",
+    "TrialObjective": "studies._runner",
+    "count_states": "studies._runner",
+    "load_optuna_study": "studies._runner",
+    "make_sampler": "studies._runner",
+    "repair_stale_trials": "studies._runner",
+    "run_study": "studies._runner",
+    "target_trials": "studies._runner",
+    "StudySummary": "studies._manage",
+    "best_trial": "studies._manage",
+    "check_study": "studies._manage",
+    "create_study": "studies._manage",
+    "delete_study": "studies._manage",
+    "load_study_config": "studies._manage",
+    "summarize": "studies._manage",
+    "ExportResult": "studies._export",
+    "export_study": "studies._export",
+    "write_report": "studies._report",
+    "DemoResult": "studies._demo",
+    "demo_config": "studies._demo",
+    "run_demo": "studies._demo",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'studies' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value

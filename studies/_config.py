@@ -4,6 +4,12 @@ The validated configuration is stored in the study database, so every worker and
 the same study from the study's name alone. The storage URL is not part of it (it says where the study
 lives, not what it is, and may hold a password).
 
+Types are strict (``trials: true`` or ``trials: "10"`` is refused, not read as 1 or 10), numbers must be
+finite, a key given twice in the YAML is refused, and ``sampler.options`` are validated against the
+sampler's own options model (see :mod:`allocator.samplers`), all before anything is stored. What needs the
+model's configuration (per-block bound lists against its block count, reachability of the target) is
+checked by :func:`studies.check_study` before the study is created.
+
 Example (every key but ``name`` and ``sparsity.target`` has a default)::
 
     name: smollm2-bo-50
@@ -20,17 +26,31 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from allocator._errors import InputError
+from allocator.errors import InputError
 
-SAMPLER_NAMES = ("bo", "uniform", "greedy", "random", "tpe", "cmaes", "was", "evopress")
+#: Seeds feed NumPy, PyTorch and Optuna generators, which take unsigned 32-bit seeds.
+MAX_SEED = 2**32 - 1
+
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
+
+
+def _check_samplers(info: ValidationInfo) -> bool:
+    """Whether to check sampler names and options against the registry (which imports every sampler).
+
+    A stored configuration was checked when its study was created; reading it back for ``status`` or
+    ``list`` skips the check so those commands do not import the samplers' numerical libraries.
+    """
+    return not (isinstance(info.context, dict) and info.context.get("stored"))
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class DataConfig(_Strict):
@@ -44,35 +64,31 @@ class DataConfig(_Strict):
     seq_len: int = Field(default=256, ge=2)
     calibration_sequences: int = Field(default=16, ge=1)
     heldout_sequences: int = Field(default=16, ge=1)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class GreedyConfig(_Strict):
     """Settings of the greedy split tables (built once per calibration)."""
 
-    step: float = Field(default=0.025, gt=0, le=0.5)
+    step: float = Field(default=0.025, gt=0, le=0.5, allow_inf_nan=False)
     sequences: int = Field(default=1, ge=1, description="Calibration sequences whose block inputs score the splits.")
 
 
 class SparsityConfig(_Strict):
     """The constraint and how sparsity is applied."""
 
-    target: float = Field(gt=0, lt=1)
-    lower: float | list[float] = 0.0
-    upper: float | list[float] = 0.9
+    target: float = Field(gt=0, lt=1, allow_inf_nan=False)
+    lower: Fraction | list[Fraction] = 0.0
+    upper: Fraction | list[Fraction] = 0.9
     score: Literal["magnitude", "weight_aware"] = "magnitude"
     norm: Literal[1, 2] = 1
     split: Literal["uniform", "greedy"] = "uniform"
     greedy: GreedyConfig = GreedyConfig()
-    sparsify_fraction: float = Field(default=1.0, gt=0, le=1)
+    sparsify_fraction: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False)
 
     @model_validator(mode="after")
-    def _bounds_in_range(self) -> SparsityConfig:
-        for key in ("lower", "upper"):
-            values = getattr(self, key)
-            for value in values if isinstance(values, list) else [values]:
-                if not 0 <= value < 1:
-                    raise ValueError(f"`{key}` values should be in [0, 1), got {value}")
+    def _scalar_bounds_reach_the_target(self) -> SparsityConfig:
+        # Per-block lists are checked against the model's block count and weights by `check_study`.
         if isinstance(self.lower, float) and isinstance(self.upper, float):
             if self.lower > self.upper:
                 raise ValueError(f"`lower` ({self.lower}) is above `upper` ({self.upper})")
@@ -85,8 +101,33 @@ class SparsityConfig(_Strict):
 
 
 class SamplerConfig(_Strict):
-    name: Literal["bo", "uniform", "greedy", "random", "tpe", "cmaes", "was", "evopress"] = "bo"
+    """The sampler by its registered name, and its options (validated by the sampler's options model)."""
+
+    name: str = "bo"
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str, info: ValidationInfo) -> str:
+        if not _check_samplers(info):
+            return name
+        from allocator.samplers import sampler_names
+
+        if name not in sampler_names():
+            raise ValueError(f"unknown sampler {name!r}; valid names are {', '.join(sampler_names())}")
+        return name
+
+    @model_validator(mode="after")
+    def _options_valid(self, info: ValidationInfo) -> SamplerConfig:
+        if not _check_samplers(info):
+            return self
+        from allocator.samplers import parse_options
+
+        try:
+            parse_options(self.name, self.options)
+        except InputError as error:
+            raise ValueError(str(error).rstrip(".")) from None
+        return self
 
 
 class EvaluationConfig(_Strict):
@@ -104,17 +145,18 @@ class StudyConfig(_Strict):
     sampler: SamplerConfig = SamplerConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     trials: int = Field(default=30, ge=1)
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
-    def _greedy_sampler_uses_greedy_split(self) -> StudyConfig:
-        if self.sampler.name == "greedy" and self.sparsity.split != "greedy":
-            raise ValueError("sampler `greedy` is TEAL's greedy-uniform method: set `sparsity.split: greedy`")
-        return self
+    def _sampler_gets_its_split(self, info: ValidationInfo) -> StudyConfig:
+        if not _check_samplers(info):
+            return self
+        from allocator.samplers import sampler_entry
 
-    @property
-    def split(self) -> str:
-        return self.sparsity.split
+        required = sampler_entry(self.sampler.name).site_split
+        if required is not None and self.sparsity.split != required:
+            raise ValueError(f"sampler `{self.sampler.name}` needs `sparsity.split: {required}`")
+        return self
 
     def canonical(self) -> dict[str, Any]:
         """The configuration as stored: plain JSON types, every default filled in."""
@@ -125,8 +167,13 @@ class StudyConfig(_Strict):
 
 
 def _format_error(error: ValidationError, source: str) -> str:
-    first = error.errors()[0]
-    location = ".".join(str(part) for part in first["loc"] if not str(part).startswith("function-after"))
+    # Of a union's several errors (`upper: [0.5, 1.5]` fails as a float and as a list), the deepest one
+    # names the culprit (`sparsity.upper.1`).
+    first = max(error.errors(), key=lambda e: len(e["loc"]))
+    parts = [str(part) for part in first["loc"] if not str(part).startswith("function-after")]
+    # A union's failing member is named in the location (`lower.float`, `lower.list[float].2`): keep the key
+    # and list positions, drop the member names.
+    location = ".".join(part for part in parts if part.isidentifier() or part.isdigit())
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key `{location}`."
     if first["type"] == "missing":
@@ -136,14 +183,18 @@ def _format_error(error: ValidationError, source: str) -> str:
     return f"{source}: {where}{message}."
 
 
-def parse_config(data: Any, *, source: str = "config") -> StudyConfig:
-    """Validate a configuration mapping; errors are one sentence naming the key."""
+def parse_config(data: Any, *, source: str = "config", stored: bool = False) -> StudyConfig:
+    """Validate a configuration mapping; errors are one sentence naming the key.
+
+    ``stored=True`` reads back a configuration validated when its study was created: the sampler's name
+    and options are not checked again here (building the sampler checks them).
+    """
     if not isinstance(data, dict):
         raise InputError(f"{source}: the configuration should be a mapping of keys to values.")
     storage = data.get("storage")
     data = {key: value for key, value in data.items() if key != "storage"}
     try:
-        config = StudyConfig.model_validate(data)
+        config = StudyConfig.model_validate(data, context={"stored": stored})
     except ValidationError as error:
         raise InputError(_format_error(error, source)) from None
     if storage is not None and not isinstance(storage, str):
@@ -151,10 +202,25 @@ def parse_config(data: Any, *, source: str = "config") -> StudyConfig:
     return config
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping key given twice in a YAML file (PyYAML alone silently keeps the last)."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, refusing a mapping key given twice."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise DuplicateKeyError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path) -> tuple[StudyConfig, str | None]:
     """Read and validate a YAML study file; returns the configuration and its ``storage`` URL (if any)."""
-    import yaml
-
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -163,7 +229,11 @@ def load_config(path: str | Path) -> tuple[StudyConfig, str | None]:
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"Config file {str(path)!r} cannot be read: {error}.") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeyLoader)
+    except DuplicateKeyError as error:
+        mark = error.problem_mark
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InputError(f"Config file {str(path)!r} has a {error.problem}{where}.") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

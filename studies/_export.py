@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
-from allocator import InputError, build_lookup, write_lookup, write_teal_files
-from allocator.samplers import evaluated_vector
-from studies._runner import best_trial, load_optuna_study
+from allocator import InputError, build_lookup, check_export_target, write_lookup, write_teal_files
+from allocator import trial_attributes as attrs
+from studies._manage import best_trial
+from studies._runner import load_optuna_study
 from studies._session import StudySession
 
 
@@ -25,13 +26,17 @@ class ExportResult:
 
 
 def export_study(session: StudySession, out: str | Path) -> ExportResult:
-    """Write the best trial's lookup to ``out`` (replacing an earlier export atomically) and record it."""
+    """Write the best trial's lookup to ``out`` (replacing an earlier export atomically) and record it.
+
+    ``out`` must be new, empty or an earlier export (see :func:`allocator.check_export_target`).
+    """
+    check_export_target(out)
     config = session.config
     study = load_optuna_study(session)
     best = best_trial(study)
     if best is None:
         raise InputError(f"Study {config.name!r} has no finished trial to export yet; run it first.")
-    vector = torch.tensor(evaluated_vector(best, session.space), dtype=torch.float64)
+    vector = torch.tensor(attrs.evaluated_vector(best, session.space.dim), dtype=torch.float64)
     sparse_model = session.sparse_model
     site_sparsities = sparse_model.site_sparsities(vector)
     thresholds = session.calibration.thresholds(site_sparsities)
@@ -60,7 +65,7 @@ def export_study(session: StudySession, out: str | Path) -> ExportResult:
             "objective": "calibration perplexity",
             "calibration_perplexity": best.value,
             "heldout_perplexity": heldout.perplexity,
-            "measured_sparsity": best.user_attrs.get("measured_sparsity"),
+            "measured_sparsity": attrs.measured_sparsity(best),
             "config": config.canonical(),
         },
     )
@@ -72,12 +77,11 @@ def export_study(session: StudySession, out: str | Path) -> ExportResult:
                 directory, session.calibration, vector, site_sparsities, site_weights, greedy=session.greedy
             )
 
-    path = Path(out)
-    write_lookup(path, lookup, extra=extra)
+    path = write_lookup(out, lookup, extra=extra)
     session.database.record_export(
         study_name=config.name,
         trial_number=best.number,
-        path=str(path.resolve()),
+        path=str(path),
         heldout_perplexity=heldout.perplexity,
         lookup=json.dumps(lookup),
     )

@@ -1,4 +1,4 @@
-"""Creating studies and summarising them from the database alone (no model is loaded for a status)."""
+"""Creating, checking, deleting and summarising studies from the database alone (no model is loaded)."""
 
 from __future__ import annotations
 
@@ -9,24 +9,39 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from allocator._data import check_text_source
-from allocator._models import check_model_source
-from allocator.samplers import evaluated_vector
+from allocator import ConstraintSpace, check_model_source, check_text_source
+from allocator import trial_attributes as attrs
+from allocator.errors import InputError
 from storage import Database
 from studies._config import StudyConfig, parse_config
-from studies._runner import HELDOUT_ATTR, SURPLUS_ATTR, best_trial
 
 
-def create_study(database: Database, config: StudyConfig) -> bool:
-    """Register ``config`` as a study; True if created, False if it already exists with this configuration.
+def check_study(config: StudyConfig) -> int:
+    """Check what can be checked without loading weights; returns the model's number of blocks.
 
-    A name that exists with a different configuration is refused (the database keeps the first).
+    The model source must be a supported causal LM, the data sources readable kinds, and the per-block
+    bounds must have one value per block and reach the target. Every supported architecture has decoder
+    blocks of equal size, so the block weights of the model-level average are equal and the reachable
+    range is checked exactly here; the first worker checks it again with the weights it reads.
     """
-    # Refuse a model or data source that cannot work now, not when the first worker starts.
-    check_model_source(config.model)
+    n_blocks = check_model_source(config.model)
     for source in (config.data.calibration, config.data.heldout):
         if source is not None:
             check_text_source(source)
+    sparsity = config.sparsity
+    try:
+        ConstraintSpace(weights=[1.0] * n_blocks, target=sparsity.target, lower=sparsity.lower, upper=sparsity.upper)
+    except InputError as error:
+        raise type(error)(f"`sparsity` of study {config.name!r}: {error}") from None
+    return n_blocks
+
+
+def create_study(database: Database, config: StudyConfig) -> bool:
+    """Check ``config`` and register it as a study; True if created, False if it exists with this configuration.
+
+    A name that exists with a different configuration is refused (the database keeps the first).
+    """
+    check_study(config)
     created = database.register_study(config.name, config.canonical(), config.digest())
     study = optuna.create_study(
         study_name=config.name, storage=database.optuna_storage, direction="minimize", load_if_exists=True
@@ -35,8 +50,32 @@ def create_study(database: Database, config: StudyConfig) -> bool:
     return created
 
 
+def delete_study(database: Database, name: str) -> int:
+    """Delete study ``name``: its trials (Optuna's storage) and our records of it; returns the trial count.
+
+    Calibrations are shared by every study of the same model and tokens, so they stay.
+    """
+    database.study_config(name)  # one sentence if there is no such study
+    trials = 0
+    try:
+        study = optuna.load_study(study_name=name, storage=database.optuna_storage)
+        trials = len(study.get_trials(deepcopy=False))
+        optuna.delete_study(study_name=name, storage=database.optuna_storage)
+    except KeyError:  # registered by us but never created in Optuna's tables (an interrupted create)
+        pass
+    database.forget_study(name)
+    return trials
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The COMPLETE trial with the lowest finite value, or None."""
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    complete = [t for t in complete if math.isfinite(t.value)]
+    return min(complete, key=lambda t: t.value) if complete else None
+
+
 def load_study_config(database: Database, name: str) -> StudyConfig:
-    return parse_config(database.study_config(name), source=f"study {name!r}")
+    return parse_config(database.study_config(name), source=f"study {name!r}", stored=True)
 
 
 @dataclass(frozen=True)
@@ -56,6 +95,7 @@ class StudySummary:
     best_trial: int | None
     best_perplexity: float | None
     best_heldout_perplexity: float | None
+    best_measured_sparsity: float | None
     best_vector: tuple[float, ...] | None
 
     def vector_summary(self) -> str:
@@ -71,8 +111,7 @@ def summarize(database: Database, name: str) -> StudySummary:
     trials = study.get_trials(deepcopy=False)
     count = {state: sum(1 for t in trials if t.state == state) for state in TrialState}
     best = best_trial(study)
-    heldout = best.user_attrs.get(HELDOUT_ATTR) if best is not None else None
-    vector = evaluated_vector(best) if best is not None else None
+    vector = attrs.evaluated_vector(best) if best is not None else None
     return StudySummary(
         name=name,
         sampler=config.sampler.name,
@@ -83,9 +122,10 @@ def summarize(database: Database, name: str) -> StudySummary:
         running=count[TrialState.RUNNING],
         waiting=count[TrialState.WAITING],
         failed=count[TrialState.FAIL],
-        pruned=sum(1 for t in trials if t.state == TrialState.PRUNED and not t.user_attrs.get(SURPLUS_ATTR)),
+        pruned=sum(1 for t in trials if t.state == TrialState.PRUNED and not attrs.is_surplus(t)),
         best_trial=best.number if best is not None else None,
         best_perplexity=best.value if best is not None else None,
-        best_heldout_perplexity=float(heldout) if heldout is not None and math.isfinite(heldout) else None,
+        best_heldout_perplexity=attrs.heldout_perplexity(best) if best is not None else None,
+        best_measured_sparsity=attrs.measured_sparsity(best) if best is not None else None,
         best_vector=tuple(float(x) for x in vector) if vector is not None else None,
     )

@@ -4,15 +4,16 @@ against uniform, and measured sparsity against perplexity for every trial."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from allocator.samplers import evaluated_vector
+from allocator import trial_attributes as attrs
+from allocator.errors import OutputError
 from storage import Database
-from studies._manage import load_study_config
-from studies._runner import HELDOUT_ATTR, best_trial
+from studies._manage import best_trial, load_study_config
 
 
 def write_report(database: Database, name: str, out: str | Path) -> list[Path]:
@@ -29,7 +30,15 @@ def write_report(database: Database, name: str, out: str | Path) -> list[Path]:
         key=lambda t: t.number,
     )
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return _write_plots(plt, config, study, complete, out)
+    except OSError as error:
+        raise OutputError(f"Cannot write the report to {str(out)!r}: {error.strerror or error}.") from error
+
+
+def _write_plots(plt: Any, config: Any, study: optuna.Study, complete: list[Any], out: Path) -> list[Path]:
+    name = config.name
     written = []
 
     figure, axis = plt.subplots(figsize=(7, 4))
@@ -38,7 +47,7 @@ def write_report(database: Database, name: str, out: str | Path) -> list[Path]:
         values = np.array([t.value for t in complete])
         axis.plot(numbers, values, "o", alpha=0.35, label="trial")
         axis.step(numbers, np.minimum.accumulate(values), where="post", label="best so far (calibration)")
-        heldout = [(t.number, t.user_attrs[HELDOUT_ATTR]) for t in complete if HELDOUT_ATTR in t.user_attrs]
+        heldout = [(t.number, attrs.heldout_perplexity(t)) for t in complete if attrs.heldout_perplexity(t)]
         if heldout:
             axis.plot(*zip(*heldout, strict=True), "s", label="held-out of a new best")
         axis.set_yscale("log")
@@ -54,7 +63,7 @@ def write_report(database: Database, name: str, out: str | Path) -> list[Path]:
     figure, axis = plt.subplots(figsize=(7, 4))
     best = best_trial(study)
     if best is not None:
-        vector = evaluated_vector(best)
+        vector = attrs.evaluated_vector(best)
         blocks = np.arange(len(vector))
         axis.bar(blocks, vector, label=f"best trial {best.number} (ppl {best.value:.2f})")
         axis.axhline(config.sparsity.target, color="black", linestyle="--", label="uniform")
@@ -68,7 +77,7 @@ def write_report(database: Database, name: str, out: str | Path) -> list[Path]:
     plt.close(figure)
 
     figure, axis = plt.subplots(figsize=(7, 4))
-    points = [(t.user_attrs.get("measured_sparsity"), t.value) for t in complete]
+    points = [(attrs.measured_sparsity(t), t.value) for t in complete]
     points = [(s, v) for s, v in points if s is not None]
     if points:
         axis.scatter(*zip(*points, strict=True), alpha=0.6)

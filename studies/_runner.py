@@ -1,21 +1,30 @@
 """Running a study: trials until the study has its number of finished (COMPLETE) trials, with any number of
 workers on one database.
 
-Trials run under ``study.optimize`` one at a time, so Optuna's heartbeats run during every trial; a worker
-killed mid-trial leaves a RUNNING trial that another worker (or ``study resume``) fails once its heartbeat is
-20 s stale, and Optuna's retry callback re-enqueues it with the same parameters: nothing finished is lost
-or evaluated twice, and the interrupted trial is evaluated again. An interrupted worker (Ctrl-C, SIGTERM)
-re-enqueues its own trial at once.
+As Optuna splits ``study.optimize`` into a loop (``_optimize_sequential``) and one trial (``_run_trial``),
+:func:`run_study` is the loop and :class:`TrialObjective` the objective of one trial; each trial runs
+under ``study.optimize(n_trials=1)``, so Optuna's heartbeats run during it.
+
+Nothing finished is lost or evaluated twice:
+
+* A worker killed mid-trial leaves a RUNNING trial that another worker (or ``study resume``) fails once its
+  heartbeat is 20 s stale (database clock); Optuna's retry callback re-enqueues it with the same parameters.
+* A worker killed after creating its trial but before its first heartbeat leaves a RUNNING trial with no
+  heartbeat at all, which Optuna alone never fails: every loop gives such trials a heartbeat
+  (:func:`storage.heartbeat_orphans`), so they go stale and are retried the same way.
+* An interrupted worker (Ctrl-C, SIGTERM) re-enqueues its own trial at once.
 
 Exactly N: a worker starts a trial only while ``COMPLETE + RUNNING + WAITING < N``; two workers can still
 both start the N-th trial at the same moment, so a trial yields (is pruned, marked ``surplus``) when
 N trials with lower numbers are complete, running or waiting. A worker ends when N trials are complete,
 and waits (failing stale trials) while the remaining slots are held by other workers' running trials.
+
+A lost database *connection* is waited out for ``reconnect_s`` seconds without progress; any other database
+error (a read-only file, a full disk, a corrupt file) ends the run at once with one sentence.
 """
 
 from __future__ import annotations
 
-import math
 import signal
 import time
 import warnings
@@ -27,15 +36,13 @@ from typing import Any, Protocol
 import optuna
 from optuna.trial import TrialState
 
-from allocator._errors import StorageError, first_line
-from allocator.samplers import BlockSampler, create_sampler, suggest_allocation
-from storage import CONNECTION_ERRORS, is_connection_error
+from allocator import trial_attributes as attrs
+from allocator.errors import StorageError, first_line
+from allocator.samplers import BlockSampler, create_sampler, sampler_entry, suggest_allocation
+from storage import CONNECTION_ERRORS, database_error, heartbeat_orphans, is_connection_error, redact
 from studies._session import StudySession
 
 RECONNECT_S = 120.0
-
-SURPLUS_ATTR = "surplus"
-HELDOUT_ATTR = "heldout_perplexity"
 
 
 class Reporter(Protocol):
@@ -67,28 +74,88 @@ class RunResult:
 
 
 def make_sampler(session: StudySession) -> optuna.samplers.BaseSampler:
-    """The study's sampler; ``greedy`` is the uniform vector with the greedy split (TEAL's greedy-uniform).
+    """The study's sampler, built from its registered name and validated options.
 
     Our samplers make their proposals under the database's proposal lock, so workers never propose the
     same point at the same moment.
     """
     config = session.config
-    name = "uniform" if config.sampler.name == "greedy" else config.sampler.name
-    sampler = create_sampler(name, space=session.space, seed=config.seed, **config.sampler.options)
+    sampler = create_sampler(config.sampler.name, space=session.space, seed=config.seed, **config.sampler.options)
     if isinstance(sampler, BlockSampler):
         sampler.serialize_with(lambda: session.database.proposal_lock(config.name))
     return sampler
 
 
-def target_trials(session: StudySession, sampler: optuna.samplers.BaseSampler, requested: int | None) -> int:
+def target_trials(session: StudySession, requested: int | None) -> int:
     """The number of COMPLETE trials to reach: the request (default: the config's), capped by the sampler."""
     target = requested if requested is not None else session.config.trials
-    limit = getattr(sampler, "max_trials", None)
+    limit = sampler_entry(session.config.sampler.name).max_trials
     return min(target, limit) if limit is not None else target
 
 
 def load_optuna_study(session: StudySession, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
     return optuna.load_study(study_name=session.config.name, storage=session.database.optuna_storage, sampler=sampler)
+
+
+def count_states(study: optuna.Study) -> dict[TrialState, int]:
+    counts = dict.fromkeys(TrialState, 0)
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state] += 1
+    return counts
+
+
+class TrialObjective:
+    """The objective of one trial: evaluate the proposed vector, record what was measured.
+
+    ``running`` holds the number of the trial being evaluated (None between trials), so the loop can
+    re-enqueue it when the worker is interrupted or loses the database.
+    """
+
+    def __init__(self, session: StudySession, study: optuna.Study, target: int, reporter: Reporter) -> None:
+        self.session = session
+        self.study = study
+        self.target = target
+        self.reporter = reporter
+        self.running: int | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.running = trial.number
+        self._yield_if_surplus(trial)
+        session = self.session
+        vector = suggest_allocation(trial, session.space)
+        advance = self.reporter.trial_started(trial.number, session.tokens.calibration.shape[0])
+        done = [0]
+
+        def on_batch(sequences: int, _nll: float) -> bool:
+            advance(sequences - done[0])
+            done[0] = sequences
+            return False
+
+        evaluation = session.objective(vector, on_batch=on_batch)
+        attrs.record_measurements(
+            trial,
+            {
+                attrs.MEASURED_SPARSITY: evaluation.measured_sparsity,
+                attrs.NOMINAL_SPARSITY: session.sparse_model.model_sparsity(vector),
+                attrs.MEAN_NLL: evaluation.mean_nll,
+                attrs.SECONDS: evaluation.seconds,
+            },
+        )
+        if session.config.evaluation.heldout == "best" and self._is_new_best(evaluation.perplexity):
+            attrs.record_measurements(trial, {attrs.HELDOUT_PERPLEXITY: session.objective.heldout(vector).perplexity})
+        return evaluation.perplexity
+
+    def _yield_if_surplus(self, trial: optuna.Trial) -> None:
+        states = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+        earlier = self.study.get_trials(deepcopy=False, states=states)
+        if sum(1 for t in earlier if t.number < trial.number) >= self.target:
+            attrs.mark_surplus(trial)
+            raise optuna.TrialPruned("surplus: the study's last slots were taken by trials with lower numbers")
+
+    def _is_new_best(self, value: float) -> bool:
+        finished = [t.value for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        finished = [v for v in finished if v is not None]
+        return not finished or value < min(finished)
 
 
 @contextmanager
@@ -123,18 +190,26 @@ def _requeue(study: optuna.Study, number: int) -> None:
         optuna.storages.RetryHeartbeatStaleTrialCallback()(study, trial)
 
 
-def _counts(study: optuna.Study) -> dict[TrialState, int]:
-    counts = dict.fromkeys(TrialState, 0)
-    for trial in study.get_trials(deepcopy=False):
-        counts[trial.state] += 1
-    return counts
+def repair_stale_trials(study: optuna.Study) -> None:
+    """Give orphaned RUNNING trials a heartbeat, then fail (and re-enqueue) every trial whose heartbeat is stale."""
+    heartbeat_orphans(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
-def _wait_for_database(session: StudySession, error: Exception, reporter: Reporter, timeout_s: float) -> None:
-    """Wait until the database answers again; one clear error if it stays away for ``timeout_s``."""
+def _database_failed(session: StudySession, error: BaseException) -> StorageError:
+    reason = redact(first_line(database_error(error) or error))
+    return StorageError(
+        f"The database {session.database.masked_url} failed ({reason}); what finished is stored, and "
+        f"`sparsealloc study resume {session.config.name}` continues once it is fixed."
+    )
+
+
+def _wait_for_database(session: StudySession, error: Exception, reporter: Reporter, deadline: float) -> None:
+    """Wait until the database answers again; one clear error if it stays away past ``deadline``."""
     from sqlalchemy import text
 
-    deadline = time.monotonic() + timeout_s
     while True:
         reporter.status("database connection lost; reconnecting")
         try:
@@ -143,11 +218,7 @@ def _wait_for_database(session: StudySession, error: Exception, reporter: Report
             return
         except CONNECTION_ERRORS:
             if time.monotonic() >= deadline:
-                reason = first_line(error)
-                raise StorageError(
-                    f"Lost the database {session.database.masked_url} for {timeout_s:.0f} s ({reason}); finished "
-                    f"trials are stored, and `sparsealloc study resume {session.config.name}` continues."
-                ) from error
+                raise _database_failed(session, error) from error
             time.sleep(2.0)
 
 
@@ -161,85 +232,62 @@ def run_study(
 ) -> RunResult:
     """Run trials until the study has ``n_trials`` (default: the config's) COMPLETE trials.
 
-    A lost database connection is waited out for ``reconnect_s`` seconds: the trial that was running is
-    re-enqueued once the database is back, and the worker goes on.
+    A lost database connection is waited out for ``reconnect_s`` seconds without a finished trial: the trial
+    that was running is re-enqueued once the database is back, and the worker goes on.
     """
     reporter = reporter or SilentReporter()
-    sampler = make_sampler(session)
-    study = load_optuna_study(session, sampler)
-    target = target_trials(session, sampler, n_trials)
-    space = session.space
-    heldout_policy = session.config.evaluation.heldout
-    running_here: dict[str, int | None] = {"number": None}
+    study = load_optuna_study(session, make_sampler(session))
+    target = target_trials(session, n_trials)
+    objective = TrialObjective(session, study, target, reporter)
     evaluated = 0
-
-    def objective(trial: optuna.Trial) -> float:
-        running_here["number"] = trial.number
-        earlier = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))
-        if sum(1 for t in earlier if t.number < trial.number) >= target:
-            trial.set_user_attr(SURPLUS_ATTR, True)
-            raise optuna.TrialPruned("surplus: the study's last slots were taken by trials with lower numbers")
-        vector = suggest_allocation(trial, space)
-        advance = reporter.trial_started(trial.number, session.tokens.calibration.shape[0])
-        done = [0]
-
-        def on_batch(sequences: int, _nll: float) -> bool:
-            advance(sequences - done[0])
-            done[0] = sequences
-            return False
-
-        evaluation = session.objective(vector, on_batch=on_batch)
-        trial.set_user_attr("measured_sparsity", evaluation.measured_sparsity)
-        trial.set_user_attr("model_sparsity", session.sparse_model.model_sparsity(vector))
-        trial.set_user_attr("mean_nll", evaluation.mean_nll)
-        trial.set_user_attr("seconds", evaluation.seconds)
-        if heldout_policy == "best":
-            finished = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-            if not finished or evaluation.perplexity < min(v for v in finished if v is not None):
-                trial.set_user_attr(HELDOUT_ATTR, session.objective.heldout(vector).perplexity)
-        return evaluation.perplexity
-
+    lost_since: float | None = None
     with _sigterm_as_interrupt():
         while True:
             try:
-                optuna.storages.fail_stale_trials(study)  # stale trials are failed and re-enqueued (retry callback)
-                counts = _counts(study)
-                complete = counts[TrialState.COMPLETE]
-                if complete >= target:
+                outcome = _step(study, objective, target, reporter, poll_s)
+                if outcome == "done":
                     break
-                running, waiting = counts[TrialState.RUNNING], counts[TrialState.WAITING]
-                if complete + running >= target and waiting == 0:
-                    reporter.status(f"{complete}/{target} complete; waiting for {running} running trial(s) elsewhere")
-                    time.sleep(poll_s)
-                    continue
-                running_here["number"] = None
-                try:
-                    study.optimize(objective, n_trials=1)
-                except KeyboardInterrupt:
-                    if running_here["number"] is not None:
-                        _requeue(study, running_here["number"])
-                    raise
-                number = running_here["number"]
-                if number is None:
-                    continue
-                frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-                if frozen.state == TrialState.COMPLETE:
+                if outcome == "complete":
                     evaluated += 1
-                reporter.trial_finished(frozen, _counts(study)[TrialState.COMPLETE], target)
-                running_here["number"] = None
+                lost_since = None if outcome == "complete" else lost_since
             except Exception as error:
                 if not is_connection_error(error):
+                    if database_error(error) is not None:
+                        raise _database_failed(session, error) from error
                     raise
-                _wait_for_database(session, error, reporter, reconnect_s)
-                if running_here["number"] is not None:
-                    _requeue(study, running_here["number"])  # its result may not have been stored
-                    running_here["number"] = None
-        complete = _counts(study)[TrialState.COMPLETE]
+                lost_since = lost_since if lost_since is not None else time.monotonic()
+                _wait_for_database(session, error, reporter, lost_since + reconnect_s)
+                if objective.running is not None:
+                    _requeue(study, objective.running)  # its result may not have been stored
+                    objective.running = None
+        complete = count_states(study)[TrialState.COMPLETE]
     return RunResult(complete=complete, target=target, evaluated_here=evaluated)
 
 
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The COMPLETE trial with the lowest perplexity, or None."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    complete = [t for t in complete if math.isfinite(t.value)]
-    return min(complete, key=lambda t: t.value) if complete else None
+def _step(study: optuna.Study, objective: TrialObjective, target: int, reporter: Reporter, poll_s: float) -> str:
+    """One pass of the loop: ``"done"``, ``"waiting"`` (other workers hold the last slots), or the state of
+    the trial this worker ran (``"complete"``, ``"pruned"``...)."""
+    repair_stale_trials(study)
+    counts = count_states(study)
+    complete = counts[TrialState.COMPLETE]
+    if complete >= target:
+        return "done"
+    running, waiting = counts[TrialState.RUNNING], counts[TrialState.WAITING]
+    if complete + running >= target and waiting == 0:
+        reporter.status(f"{complete}/{target} complete; waiting for {running} running trial(s) elsewhere")
+        time.sleep(poll_s)
+        return "waiting"
+    objective.running = None
+    try:
+        study.optimize(objective, n_trials=1)
+    except KeyboardInterrupt:
+        if objective.running is not None:
+            _requeue(study, objective.running)
+        raise
+    number = objective.running
+    if number is None:
+        return "none"
+    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    reporter.trial_finished(frozen, count_states(study)[TrialState.COMPLETE], target)
+    objective.running = None
+    return frozen.state.name.lower()

@@ -1,8 +1,17 @@
-"""Everything a worker needs for one study, rebuilt from the study's stored configuration.
+"""Everything a worker needs for one study, rebuilt step by step from the study's stored configuration.
 
-The model, the tokens and the constraint follow from the configuration; the calibration (and the greedy
-split tables) are computed by the first worker that needs them and stored in the study database, keyed by
-model fingerprint + calibration-token hash + settings, so every later worker, run or export reuses them.
+The steps, in order (each a function of its own, shared by every command):
+
+1. :func:`load_tokens`: the model's tokenizer cuts the configured text into calibration and held-out tokens.
+2. :func:`build_space`: the constraint space from the model's block weights and the configured bounds,
+   checked *before* anything expensive, so bad per-block bounds fail at once.
+3. :func:`calibration_for` and :func:`greedy_table_for`: the score histograms (and greedy split tables),
+   fetched from the artifact store or computed once and stored there (:func:`stored_artifact`), keyed by
+   model fingerprint + calibration-token hash + settings, so every later worker, run or export reuses them.
+4. The sparse model and the objective.
+
+The artifact store is the study database for studies, or a :class:`MemoryArtifacts` for the one-off
+``calibrate`` and ``evaluate`` commands, which thus take the very same path.
 """
 
 from __future__ import annotations
@@ -10,52 +19,121 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from allocator import (
+    CALIBRATION_FORMAT,
+    GREEDY_FORMAT,
     Calibration,
+    ConstraintSpace,
+    GreedySplit,
+    GreedyTable,
     LoadedModel,
     PerplexityObjective,
     Score,
     SparseModel,
     TokenSplit,
+    build_greedy_table,
     calibrate,
     load_model,
     load_text,
     tokenize_split,
 )
-from allocator._calibration import CALIBRATION_FORMAT
-from allocator._constraint import ConstraintSpace
-from allocator._greedy import GREEDY_FORMAT, GreedySplit, GreedyTable, build_greedy_table
 from storage import Database
 from studies._config import StudyConfig
 
 Notify = Callable[[str], None]
+Progress = Callable[[str, int], Callable[[int], None]]
+"""``progress(label, total)`` returns ``advance(n)`` for a long step."""
+
+
+class ArtifactStore(Protocol):
+    """Where computed artifacts live: compute each key once, hand the stored bytes to everyone after."""
+
+    def get_or_compute_artifact(
+        self,
+        key: str,
+        *,
+        kind: str,
+        model_fingerprint: str,
+        settings: dict[str, Any],
+        compute: Callable[[], bytes],
+        on_wait: Callable[[str], None] | None = None,
+    ) -> tuple[bytes, bool]: ...
+
+
+@dataclass
+class MemoryArtifacts:
+    """An artifact store in this process's memory (for commands that keep nothing)."""
+
+    blobs: dict[str, bytes] = field(default_factory=dict)
+
+    def get_or_compute_artifact(
+        self,
+        key: str,
+        *,
+        kind: str,
+        model_fingerprint: str,
+        settings: dict[str, Any],
+        compute: Callable[[], bytes],
+        on_wait: Callable[[str], None] | None = None,
+    ) -> tuple[bytes, bool]:
+        computed = key not in self.blobs
+        if computed:
+            self.blobs[key] = compute()
+        return self.blobs[key], computed
 
 
 @dataclass
 class StudySession:
-    """A study's model, tokens, calibration, sparse model, objective and constraint space."""
+    """A study's model, tokens, constraint space, calibration, sparse model and objective."""
 
     config: StudyConfig
-    database: Database
+    artifacts: ArtifactStore
     loaded: LoadedModel
     tokens: TokenSplit
+    space: ConstraintSpace
     calibration: Calibration
     calibration_key: str
     greedy: GreedyTable | None
     sparse_model: SparseModel
     objective: PerplexityObjective
-    space: ConstraintSpace
 
     @property
     def score(self) -> Score:
         return self.calibration.score
 
+    @property
+    def database(self) -> Database:
+        """The study database (a session opened on a :class:`MemoryArtifacts` has none)."""
+        if not isinstance(self.artifacts, Database):
+            raise TypeError("This session keeps its artifacts in memory and has no study database.")
+        return self.artifacts
 
-def _digest(payload: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+def artifact_key(settings: dict[str, Any]) -> str:
+    """The storage key of an artifact: sha256 of its canonical settings."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def stored_artifact(
+    artifacts: ArtifactStore,
+    *,
+    kind: str,
+    label: str,
+    settings: dict[str, Any],
+    model_fingerprint: str,
+    compute: Callable[[], bytes],
+    notify: Notify,
+) -> tuple[bytes, str]:
+    """Fetch the artifact of ``settings`` from the store, or compute and store it; returns ``(blob, key)``."""
+    key = artifact_key(settings)
+    blob, computed = artifacts.get_or_compute_artifact(
+        key, kind=kind, model_fingerprint=model_fingerprint, settings=settings, compute=compute, on_wait=notify
+    )
+    notify(f"{'Computed' if computed else 'Reused the stored'} {label} ({key[:12]})")
+    return blob, key
 
 
 def load_tokens(config: StudyConfig, tokenizer: Any) -> TokenSplit:
@@ -92,114 +170,135 @@ def load_tokens(config: StudyConfig, tokenizer: Any) -> TokenSplit:
     )
 
 
-def open_session(
-    database: Database,
-    config: StudyConfig,
-    *,
-    notify: Notify = lambda message: None,
-    progress: Callable[[str, int], Callable[[int], None]] | None = None,
-) -> StudySession:
-    """Build a study's session; computes and stores the calibration (and greedy tables) if no worker has.
-
-    ``progress(label, total)`` may return an ``advance(n)`` callback for long steps.
-    """
-    notify(f"Loading model {config.model}")
-    loaded = load_model(config.model)
-    database.register_model(loaded.identity(), loaded.adapter.site_weights().tolist())
-    tokens = load_tokens(config, loaded.tokenizer)
+def build_space(config: StudyConfig, block_weights: Any) -> ConstraintSpace:
+    """The study's constraint space: ``Σ_b w_b s_b = t·Σw`` within the configured per-block bounds."""
     sparsity = config.sparsity
-    score = Score(kind=sparsity.score, norm=sparsity.norm)
-    batch_size = config.evaluation.batch_size
+    return ConstraintSpace(weights=block_weights, target=sparsity.target, lower=sparsity.lower, upper=sparsity.upper)
 
-    calibration_settings = {
+
+def calibration_for(
+    artifacts: ArtifactStore,
+    config: StudyConfig,
+    loaded: LoadedModel,
+    tokens: TokenSplit,
+    *,
+    notify: Notify,
+    progress: Progress | None = None,
+) -> tuple[Calibration, str]:
+    """The stored calibration of these tokens, or a new one (one dense pass); returns it and its key."""
+    score = Score(kind=config.sparsity.score, norm=config.sparsity.norm)
+    settings = {
         "format": CALIBRATION_FORMAT,
         "model": loaded.fingerprint,
         "tokens": tokens.calibration_hash,
         "score": score.describe(),
     }
-    calibration_key = _digest(calibration_settings)
 
-    def compute_calibration() -> bytes:
+    def compute() -> bytes:
         advance = progress("Calibrating", tokens.calibration.shape[0]) if progress else None
         return calibrate(
             loaded.adapter,
             tokens.calibration,
             score=score,
             model_fingerprint=loaded.fingerprint,
-            batch_size=batch_size,
+            batch_size=config.evaluation.batch_size,
             data=tokens.describe(),
             progress=advance,
         ).to_bytes()
 
-    blob, computed = database.get_or_compute_artifact(
-        calibration_key,
+    blob, key = stored_artifact(
+        artifacts,
         kind="histograms",
+        label="calibration",
+        settings=settings,
         model_fingerprint=loaded.fingerprint,
-        settings=calibration_settings,
-        compute=compute_calibration,
-        on_wait=notify,
+        compute=compute,
+        notify=notify,
     )
-    calibration = Calibration.from_bytes(blob)
-    notify(("Calibrated" if computed else "Reused the stored calibration") + f" ({calibration_key[:12]})")
+    return Calibration.from_bytes(blob), key
 
-    greedy = None
-    if sparsity.split == "greedy":
-        upper = sparsity.upper if isinstance(sparsity.upper, float) else max(sparsity.upper)
-        greedy_settings = {
-            "format": GREEDY_FORMAT,
-            "calibration": calibration_key,
-            "step": sparsity.greedy.step,
-            "sequences": sparsity.greedy.sequences,
-            "max_sparsity": upper,
-            "sparsify_fraction": sparsity.sparsify_fraction,
-        }
 
-        def compute_greedy() -> bytes:
-            advance = progress("Greedy split tables", loaded.adapter.n_blocks) if progress else None
-            return build_greedy_table(
-                loaded.adapter,
-                calibration,
-                tokens.calibration[: sparsity.greedy.sequences],
-                step=sparsity.greedy.step,
-                max_sparsity=upper,
-                sparsify_fraction=sparsity.sparsify_fraction,
-                progress=advance,
-            ).to_bytes()
+def greedy_table_for(
+    artifacts: ArtifactStore,
+    config: StudyConfig,
+    loaded: LoadedModel,
+    calibration: Calibration,
+    calibration_key: str,
+    tokens: TokenSplit,
+    *,
+    notify: Notify,
+    progress: Progress | None = None,
+) -> GreedyTable | None:
+    """The greedy split tables of this calibration (None for the uniform split), stored like the calibration."""
+    sparsity = config.sparsity
+    if sparsity.split != "greedy":
+        return None
+    upper = sparsity.upper if isinstance(sparsity.upper, float) else max(sparsity.upper)
+    settings = {
+        "format": GREEDY_FORMAT,
+        "calibration": calibration_key,
+        "step": sparsity.greedy.step,
+        "sequences": sparsity.greedy.sequences,
+        "max_sparsity": upper,
+        "sparsify_fraction": sparsity.sparsify_fraction,
+    }
 
-        greedy_key = _digest(greedy_settings)
-        blob, computed = database.get_or_compute_artifact(
-            greedy_key,
-            kind="greedy",
-            model_fingerprint=loaded.fingerprint,
-            settings=greedy_settings,
-            compute=compute_greedy,
-            on_wait=notify,
-        )
-        greedy = GreedyTable.from_bytes(blob)
-        notify(("Built" if computed else "Reused the stored") + f" greedy split tables ({greedy_key[:12]})")
+    def compute() -> bytes:
+        advance = progress("Greedy split tables", loaded.adapter.n_blocks) if progress else None
+        return build_greedy_table(
+            loaded.adapter,
+            calibration,
+            tokens.calibration[: sparsity.greedy.sequences],
+            step=sparsity.greedy.step,
+            max_sparsity=upper,
+            sparsify_fraction=sparsity.sparsify_fraction,
+            progress=advance,
+        ).to_bytes()
 
+    blob, _ = stored_artifact(
+        artifacts,
+        kind="greedy",
+        label="greedy split tables",
+        settings=settings,
+        model_fingerprint=loaded.fingerprint,
+        compute=compute,
+        notify=notify,
+    )
+    return GreedyTable.from_bytes(blob)
+
+
+def open_session(
+    artifacts: ArtifactStore,
+    config: StudyConfig,
+    *,
+    notify: Notify = lambda message: None,
+    progress: Progress | None = None,
+) -> StudySession:
+    """Build a study's session: model, tokens, constraint space, calibration, greedy tables, objective."""
+    notify(f"Loading model {config.model}")
+    loaded = load_model(config.model)
+    space = build_space(config, loaded.adapter.block_weights().tolist())  # bad bounds fail before any pass
+    if isinstance(artifacts, Database):
+        artifacts.register_model(loaded.identity(), loaded.adapter.site_weights().tolist())
+    tokens = load_tokens(config, loaded.tokenizer)
+    calibration, key = calibration_for(artifacts, config, loaded, tokens, notify=notify, progress=progress)
+    greedy = greedy_table_for(artifacts, config, loaded, calibration, key, tokens, notify=notify, progress=progress)
     sparse_model = SparseModel(
         loaded.adapter,
         calibration,
         split=GreedySplit(greedy) if greedy is not None else None,
-        sparsify_fraction=sparsity.sparsify_fraction,
+        sparsify_fraction=config.sparsity.sparsify_fraction,
     )
-    objective = PerplexityObjective(sparse_model, tokens, batch_size=batch_size)
-    space = ConstraintSpace(
-        weights=loaded.adapter.block_weights().tolist(),
-        target=sparsity.target,
-        lower=sparsity.lower,
-        upper=sparsity.upper,
-    )
+    objective = PerplexityObjective(sparse_model, tokens, batch_size=config.evaluation.batch_size)
     return StudySession(
         config=config,
-        database=database,
+        artifacts=artifacts,
         loaded=loaded,
         tokens=tokens,
+        space=space,
         calibration=calibration,
-        calibration_key=calibration_key,
+        calibration_key=key,
         greedy=greedy,
         sparse_model=sparse_model,
         objective=objective,
-        space=space,
     )

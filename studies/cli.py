@@ -1,4 +1,4 @@
-"""The ``sparsealloc`` command line.
+"""The ``sparsealloc`` command line: each command parses, calls the library and prints.
 
 Every error a user can cause ends in one sentence on stderr and exit status 2; heavy libraries are imported
 inside the commands, so ``sparsealloc --help`` answers at once.
@@ -9,43 +9,49 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
-from allocator._errors import SparseallocError, first_line
+from allocator.errors import SparseallocError, first_line
 from studies._progress import progress_bar, stderr_console
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_DATA = "pydoc"
 
 
+def _error(ctx: click.Context, message: str) -> None:
+    """Print ``error: MESSAGE`` (passwords redacted) on stderr and exit with status 2."""
+    from rich.text import Text
+
+    from storage import redact
+
+    stderr_console.print(Text.assemble(("error:", "bold red"), " ", redact(message)), highlight=False, soft_wrap=True)
+    ctx.exit(2)
+
+
 class _Cli(click.Group):
-    """A click group that turns :class:`SparseallocError` into one sentence and exit status 2."""
+    """A click group that turns every error a user can cause into one sentence and exit status 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except SparseallocError as error:
-            stderr_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-            ctx.exit(2)
+            _error(ctx, str(error))
         except Exception as error:
-            from storage import is_connection_error
+            from storage import database_error, is_connection_error
 
-            if not is_connection_error(error):
+            found = database_error(error)
+            if found is None:
                 raise
-            # A database that went away outside the runner's reconnect loop: one sentence, no traceback.
-            reason = first_line(error)
-            stderr_console.print(
-                f"[bold red]error:[/] Lost the database ({reason}); what finished is stored, and "
-                "`sparsealloc study resume NAME` continues.",
-                highlight=False,
-                soft_wrap=True,
-            )
-            ctx.exit(2)
+            reason = first_line(found)
+            if is_connection_error(error):
+                # A database that went away outside the runner's reconnect loop.
+                _error(ctx, f"Lost the database ({reason}); what finished is stored, and `study resume` continues.")
+            _error(ctx, f"The database failed ({reason}); nothing stored was changed by this command.")
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -91,12 +97,12 @@ def _model_data_options(function: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--heldout-sequences",
-            type=click.IntRange(min=0),
+            type=click.IntRange(min=1),
             default=16,
             show_default=True,
             help="Sequences kept apart for reporting.",
         ),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data split."),
+        click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Data seed."),
         click.option(
             "--score",
             type=click.Choice(["magnitude", "weight_aware"]),
@@ -120,67 +126,64 @@ def _model_data_options(function: Callable[..., Any]) -> Callable[..., Any]:
     return function
 
 
-@dataclass
-class _Prepared:
-    loaded: Any
-    split: Any
-    calibration: Any
+def _adhoc_session(*, sparsify_fraction: float = 1.0, **options: Any) -> Any:
+    """A session for one-off commands: the study path (tokens, calibration, objective) with nothing stored."""
+    from studies._config import parse_config
+    from studies._session import MemoryArtifacts, open_session
 
-
-def _prepare(
-    *,
-    model: str,
-    data: str,
-    seq_len: int,
-    calibration_sequences: int,
-    heldout_sequences: int,
-    seed: int,
-    score: str,
-    norm: str,
-    batch_size: int,
-) -> _Prepared:
-    from allocator import Score, calibrate, load_model, load_text, tokenize_split
-
-    score_obj = Score(kind=score, norm=int(norm))
-    with stderr_console.status(f"Loading {model} …"):
-        started = time.perf_counter()
-        loaded = load_model(model)
-        corpus = load_text(data)
-        split = tokenize_split(
-            corpus,
-            loaded.tokenizer,
-            seq_len=seq_len,
-            n_calibration=calibration_sequences,
-            n_heldout=heldout_sequences,
-            seed=seed,
-        )
-    stderr_console.print(f"Loaded {model} and {data} in {time.perf_counter() - started:.1f} s.")
-    with progress_bar("Calibrating", split.calibration.shape[0], unit="sequences") as advance:
-        calibration = calibrate(
-            loaded.adapter,
-            split.calibration,
-            score=score_obj,
-            model_fingerprint=loaded.fingerprint,
-            batch_size=batch_size,
-            data=split.describe(),
-            progress=advance,
-        )
-    return _Prepared(loaded=loaded, split=split, calibration=calibration)
-
-
-def _describe(prepared: _Prepared) -> None:
-    loaded, split, calibration = prepared.loaded, prepared.split, prepared.calibration
+    config = parse_config(
+        {
+            "name": "adhoc",
+            "model": options["model"],
+            "data": {
+                "calibration": options["data"],
+                "seq_len": options["seq_len"],
+                "calibration_sequences": options["calibration_sequences"],
+                "heldout_sequences": options["heldout_sequences"],
+                "seed": options["seed"],
+            },
+            "sparsity": {
+                "target": 0.5,  # unused: these commands evaluate the allocation they are given
+                "score": options["score"],
+                "norm": int(options["norm"]),
+                "sparsify_fraction": sparsify_fraction,
+            },
+            "sampler": {"name": "uniform"},
+            "evaluation": {"batch_size": options["batch_size"]},
+        },
+        source="command line",
+    )
+    started = time.perf_counter()
+    with _progress() as bar:
+        session = open_session(MemoryArtifacts(), config, notify=lambda m: None, progress=bar)
+    loaded, tokens, calibration = session.loaded, session.tokens, session.calibration
     click.echo(
         f"model        {loaded.name} ({loaded.architecture}, {loaded.adapter.n_blocks} blocks, "
         f"fingerprint {loaded.fingerprint[:12]})"
     )
     click.echo(
-        f"data         {split.source}: {split.calibration.shape[0]} calibration + {split.heldout.shape[0]} held-out "
-        f"sequences of {split.seq_len} tokens (disjoint by {split.split_unit})"
+        f"data         {tokens.source}: {tokens.calibration.shape[0]} calibration + {tokens.heldout.shape[0]} "
+        f"held-out sequences of {tokens.seq_len} tokens (disjoint by {tokens.split_unit})"
     )
     click.echo(
-        f"calibration  {calibration.n_tokens:,} tokens, {calibration.score.kind} score, {calibration.seconds:.1f} s"
+        f"calibration  {calibration.n_tokens:,} tokens, {calibration.score.kind} score, {calibration.seconds:.1f} s "
+        f"(prepared in {time.perf_counter() - started:.1f} s)"
     )
+    return session
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    """``bar(label, total)`` factories on one rich progress display."""
+    from studies._progress import study_progress
+
+    with study_progress() as progress:
+
+        def bar(label: str, total: int) -> Callable[[int], None]:
+            task = progress.add_task(label, total=total)
+            return lambda n: progress.advance(task, n)
+
+        yield bar
 
 
 def _evaluate_with_progress(objective: Any, allocation: Any, *, heldout: bool, label: str) -> Any:
@@ -196,38 +199,30 @@ def _evaluate_with_progress(objective: Any, allocation: Any, *, heldout: bool, l
         return (objective.heldout if heldout else objective)(allocation, on_batch=on_batch)
 
 
-# -- commands ---------------------------------------------------------------------------------------------
+# -- one-off commands ---------------------------------------------------------------------------------------
 @cli.command()
 @_model_data_options
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the calibration to this file.")
 def calibrate(out: Path | None, **options: Any) -> None:
     """Calibrate score histograms on the calibration tokens and report the dense perplexity."""
-    from allocator import PerplexityObjective, SparseModel
-
-    prepared = _prepare(**options)
-    _describe(prepared)
-    objective = PerplexityObjective(
-        SparseModel(prepared.loaded.adapter, prepared.calibration), prepared.split, batch_size=options["batch_size"]
-    )
-    dense = _evaluate_with_progress(objective, 0.0, heldout=False, label="Dense perplexity")
-    ratio = prepared.calibration.seconds / dense.seconds
+    session = _adhoc_session(**options)
+    dense = _evaluate_with_progress(session.objective, 0.0, heldout=False, label="Dense perplexity")
+    ratio = session.calibration.seconds / dense.seconds
     click.echo(f"perplexity   {dense.perplexity:.3f} dense, on calibration tokens ({dense.seconds:.1f} s)")
     click.echo(f"time         calibration took {ratio:.2f}x one dense evaluation pass")
     if out is not None:
-        from allocator._files import atomic_write_bytes
+        from allocator import OutputError, atomic_write_bytes
 
-        atomic_write_bytes(out, prepared.calibration.to_bytes())
+        try:
+            atomic_write_bytes(out, session.calibration.to_bytes())
+        except OSError as error:
+            raise OutputError(f"Cannot write the calibration to {str(out)!r}: {error.strerror or error}.") from error
         click.echo(f"written      {out}")
 
 
 @cli.command()
 @_model_data_options
-@click.option(
-    "--sparsity",
-    type=float,
-    required=True,
-    help="Uniform sparsity of every site, in [0, 1).",
-)
+@click.option("--sparsity", type=float, required=True, help="Uniform sparsity of every site, in [0, 1).")
 @click.option(
     "--sparsify-fraction",
     type=click.FloatRange(min=0.0, max=1.0, min_open=True),
@@ -237,25 +232,63 @@ def calibrate(out: Path | None, **options: Any) -> None:
 )
 def evaluate(sparsity: float, sparsify_fraction: float, **options: Any) -> None:
     """Perplexity and measured sparsity at a uniform sparsity, on calibration and held-out tokens."""
-    from allocator import InputError, PerplexityObjective, SparseModel
+    from allocator import InputError
 
     if not 0.0 <= sparsity < 1.0:
         raise InputError(f"The value of `--sparsity` should be in [0, 1), got {sparsity}.")
-    prepared = _prepare(**options)
-    _describe(prepared)
-    sparse_model = SparseModel(prepared.loaded.adapter, prepared.calibration, sparsify_fraction=sparsify_fraction)
-    objective = PerplexityObjective(sparse_model, prepared.split, batch_size=options["batch_size"])
-    calibration_eval = _evaluate_with_progress(objective, sparsity, heldout=False, label="Calibration perplexity")
+    session = _adhoc_session(sparsify_fraction=sparsify_fraction, **options)
+    search = _evaluate_with_progress(session.objective, sparsity, heldout=False, label="Calibration perplexity")
     click.echo(
         f"sparsity     {sparsity:.3f} uniform (sparsify fraction {sparsify_fraction:g}); "
-        f"measured {calibration_eval.measured_sparsity:.4f}"
+        f"measured {search.measured_sparsity:.4f}"
     )
+    click.echo(f"perplexity   {search.perplexity:.3f} on calibration tokens ({search.seconds:.1f} s)")
+    heldout = _evaluate_with_progress(session.objective, sparsity, heldout=True, label="Held-out perplexity")
+    click.echo(f"perplexity   {heldout.perplexity:.3f} on held-out tokens ({heldout.seconds:.1f} s)")
+
+
+@cli.command()
+@click.option(
+    "--lookup", "lookup_path", type=click.Path(path_type=Path), required=True, help="Exported lookup directory."
+)
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="The model the lookup was made for.")
+@click.option("--data", default=DEFAULT_DATA, show_default=True, help="Text to measure perplexity on.")
+@click.option("--seq-len", type=click.IntRange(min=2), default=256, show_default=True)
+@click.option("--sequences", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+def apply(lookup_path: Path, model: str, data: str, seq_len: int, sequences: int, seed: int, batch_size: int) -> None:
+    """Install an exported lookup on MODEL and report perplexity and measured sparsity on DATA."""
+    from allocator import evaluate_tokens, load_lookup, load_model, load_text, read_lookup, tokenize_split
+
+    read_lookup(lookup_path)  # refuse a bad lookup before loading the model
+    loaded = load_model(model)
+    tokens = tokenize_split(
+        load_text(data), loaded.tokenizer, seq_len=seq_len, n_calibration=sequences, n_heldout=0, seed=seed
+    ).calibration
+    with (
+        load_lookup(loaded.model, lookup_path) as sparsifiers,
+        progress_bar("Evaluating", sequences, unit="sequences") as advance,
+    ):
+        done = [0]
+
+        def on_batch(count: int, _nll: float) -> bool:
+            advance(count - done[0])
+            done[0] = count
+            return False
+
+        evaluation = evaluate_tokens(
+            loaded.adapter,
+            tokens,
+            batch_size=batch_size,
+            on_batch=on_batch,
+            measured_sparsity=sparsifiers.measured_model_sparsity,
+        )
     click.echo(
-        f"perplexity   {calibration_eval.perplexity:.3f} on calibration tokens ({calibration_eval.seconds:.1f} s)"
+        f"perplexity   {evaluation.perplexity:.3f} on {evaluation.n_tokens:,} tokens of {data} "
+        f"({evaluation.seconds:.1f} s)"
     )
-    if prepared.split.heldout.shape[0]:
-        heldout_eval = _evaluate_with_progress(objective, sparsity, heldout=True, label="Held-out perplexity")
-        click.echo(f"perplexity   {heldout_eval.perplexity:.3f} on held-out tokens ({heldout_eval.seconds:.1f} s)")
+    click.echo(f"sparsity     measured {evaluation.measured_sparsity:.4f}")
 
 
 # -- studies ----------------------------------------------------------------------------------------------
@@ -267,54 +300,61 @@ _storage_option = click.option(
 )
 
 
-def _database(url: str | None) -> Any:
+def _database(url: str | None, *, create: bool = False) -> Any:
     from storage import Database
 
-    return Database(url)
+    return Database(url, create=create)
 
 
 @cli.group()
 def study() -> None:
-    """Create, run, resume, inspect and export studies (stored in SQLite or PostgreSQL)."""
+    """Create, run, resume, inspect, export and delete studies (stored in SQLite or PostgreSQL)."""
 
 
 @study.command("create")
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @_storage_option
 def study_create(config: Path, storage: str | None) -> None:
-    """Register the study defined by the YAML file CONFIG."""
+    """Check the study defined by the YAML file CONFIG and register it."""
     import optuna
 
     from studies._config import load_config
-    from studies._manage import create_study
+    from studies._manage import check_study, create_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study_config, config_storage = load_config(config)
-    database = _database(storage or config_storage)
+    check_study(study_config)  # everything that can be checked before the database is touched
+    database = _database(storage or config_storage, create=True)
     created = create_study(database, study_config)
     verb = "created" if created else "already exists with this configuration"
     click.echo(f"study {study_config.name!r} {verb} in {database.masked_url}")
 
 
-def _run(name: str, storage: str | None, trials: int | None, *, wait_s: float = 0.0) -> None:
-    import optuna
+def _open_study(name: str, storage: str | None, wait_s: float) -> tuple[Any, Any]:
+    """The database and configuration of study ``name``, waiting up to ``wait_s`` for it to be created."""
+    from studies._manage import load_study_config
 
-    from studies._manage import load_study_config, summarize
-    from studies._progress import RichReporter, study_progress
-    from studies._runner import load_optuna_study, make_sampler, run_study, target_trials
-    from studies._session import open_session
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    database = _database(storage)
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            config = load_study_config(database, name)
-            break
+            database = _database(storage)
+            return database, load_study_config(database, name)
         except SparseallocError:
             if time.monotonic() >= deadline:
                 raise
             time.sleep(2.0)
+
+
+def _run(name: str, storage: str | None, trials: int | None, *, wait_s: float = 0.0) -> None:
+    import optuna
+
+    from studies._manage import summarize
+    from studies._progress import RichReporter, study_progress
+    from studies._runner import count_states, load_optuna_study, run_study, target_trials
+    from studies._session import open_session
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    database, config = _open_study(name, storage, wait_s)
     with study_progress() as progress:
 
         def bar(label: str, total: int) -> Callable[[int], None]:
@@ -322,9 +362,8 @@ def _run(name: str, storage: str | None, trials: int | None, *, wait_s: float = 
             return lambda n: progress.advance(task, n)
 
         session = open_session(database, config, notify=progress.console.print, progress=bar)
-        sampler = make_sampler(session)
-        target = target_trials(session, sampler, trials)
-        complete = sum(1 for t in load_optuna_study(session).get_trials(deepcopy=False) if t.state.name == "COMPLETE")
+        target = target_trials(session, trials)
+        complete = count_states(load_optuna_study(session))[optuna.trial.TrialState.COMPLETE]
         reporter = RichReporter(progress, target, complete)
         try:
             result = run_study(session, n_trials=trials, reporter=reporter)
@@ -338,9 +377,14 @@ def _run(name: str, storage: str | None, trials: int | None, *, wait_s: float = 
         click.echo(f"best trial {summary.best_trial}: calibration perplexity {summary.best_perplexity:.3f}{heldout}")
 
 
+_trials_option = click.option(
+    "--trials", type=click.IntRange(min=1), default=None, help="Finished trials to reach (default: config)."
+)
+
+
 @study.command("run")
 @click.argument("name")
-@click.option("--trials", type=click.IntRange(min=1), default=None, help="Finished trials to reach (default: config).")
+@_trials_option
 @_storage_option
 def study_run(name: str, trials: int | None, storage: str | None) -> None:
     """Run study NAME until it has the requested number of finished trials."""
@@ -349,10 +393,11 @@ def study_run(name: str, trials: int | None, storage: str | None) -> None:
 
 @study.command("resume")
 @click.argument("name")
+@_trials_option
 @_storage_option
-def study_resume(name: str, storage: str | None) -> None:
+def study_resume(name: str, trials: int | None, storage: str | None) -> None:
     """Continue study NAME after an interruption: interrupted trials are failed and retried."""
-    _run(name, storage, None)
+    _run(name, storage, trials)
 
 
 @cli.command()
@@ -364,7 +409,7 @@ def study_resume(name: str, storage: str | None) -> None:
     type=click.FloatRange(min=0),
     default=0.0,
     show_default=True,
-    help="Seconds to wait for the study to be created.",
+    help="Seconds to wait for the study (and its database) to be created.",
 )
 def worker(name: str, storage: str | None, wait_s: float) -> None:
     """One more worker on study NAME (any number may share a study, on one or several machines)."""
@@ -380,6 +425,8 @@ def study_status(name: str, storage: str | None) -> None:
 
     database = _database(storage)
     summary = summarize(database, name)
+    measured = summary.best_measured_sparsity
+    measured = "" if measured is None else f", measured sparsity {measured:.4f}"
     rows = [
         ("study", f"{summary.name} ({database.masked_url})"),
         ("sampler", f"{summary.sampler}, {summary.split} split, target {summary.target_sparsity:.3f}"),
@@ -392,7 +439,7 @@ def study_status(name: str, storage: str | None) -> None:
             "best",
             "-"
             if summary.best_trial is None
-            else f"trial {summary.best_trial}: perplexity {summary.best_perplexity:.3f}",
+            else f"trial {summary.best_trial}: perplexity {summary.best_perplexity:.3f}{measured}",
         ),
         ("held-out", "-" if summary.best_heldout_perplexity is None else f"{summary.best_heldout_perplexity:.3f}"),
         ("vector", summary.vector_summary()),
@@ -424,16 +471,38 @@ def study_list(storage: str | None) -> None:
         )
 
 
+@study.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Confirm: the study's trials are deleted for good.")
+@_storage_option
+def study_delete(name: str, yes: bool, storage: str | None) -> None:
+    """Delete study NAME and its trials (shared calibrations stay). Asks for --yes."""
+    from allocator import InputError
+    from studies._manage import delete_study
+
+    database = _database(storage)
+    database.study_config(name)  # an unknown study is refused before asking
+    if not yes:
+        raise InputError(f"Deleting study {name!r} removes its trials for good; run it again with --yes to confirm.")
+    trials = delete_study(database, name)
+    click.echo(f"deleted study {name!r} ({trials} trials) from {database.masked_url}")
+
+
 @study.command("export")
 @click.argument("name")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Export directory.")
 @_storage_option
 def study_export(name: str, out: Path, storage: str | None) -> None:
-    """Export the best trial of NAME as a lookup (lookup.json + TEAL files), measuring its held-out perplexity."""
+    """Export the best trial of NAME as a lookup (lookup.json + TEAL files), measuring its held-out perplexity.
+
+    OUT must be a new or empty directory, or an earlier export (which is replaced atomically).
+    """
+    from allocator import check_export_target
     from studies._export import export_study
     from studies._manage import load_study_config
     from studies._session import open_session
 
+    check_export_target(out)  # refuse a bad target before loading anything
     database = _database(storage)
     config = load_study_config(database, name)
     with stderr_console.status("Preparing the export …"):
@@ -460,47 +529,6 @@ def study_report(name: str, out: Path, storage: str | None) -> None:
 
 
 @cli.command()
-@click.option(
-    "--lookup", "lookup_path", type=click.Path(path_type=Path), required=True, help="Exported lookup directory."
-)
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="The model the lookup was made for.")
-@click.option("--data", default=DEFAULT_DATA, show_default=True, help="Text to measure perplexity on.")
-@click.option("--seq-len", type=click.IntRange(min=2), default=256, show_default=True)
-@click.option("--sequences", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-def apply(lookup_path: Path, model: str, data: str, seq_len: int, sequences: int, seed: int, batch_size: int) -> None:
-    """Install an exported lookup on MODEL and report perplexity and measured sparsity on DATA."""
-    import math
-
-    from allocator import load_lookup, load_model, load_text, read_lookup, tokenize_split
-    from allocator._objective import batch_nll
-
-    read_lookup(lookup_path)  # refuse a bad lookup before loading the model
-    loaded = load_model(model)
-    split = tokenize_split(
-        load_text(data), loaded.tokenizer, seq_len=seq_len, n_calibration=sequences, n_heldout=0, seed=seed
-    )
-    total, count = 0.0, 0
-    started = time.perf_counter()
-    with (
-        load_lookup(loaded.model, lookup_path) as sparsifiers,
-        progress_bar("Evaluating", sequences, unit="sequences") as advance,
-    ):
-        for start in range(0, sequences, batch_size):
-            batch = split.calibration[start : start + batch_size]
-            nll, n = batch_nll(loaded.adapter, batch)
-            total, count = total + nll, count + n
-            advance(batch.shape[0])
-        measured = sparsifiers.measured_model_sparsity()
-    click.echo(
-        f"perplexity   {math.exp(total / count):.3f} on {count:,} tokens of {data} "
-        f"({time.perf_counter() - started:.1f} s)"
-    )
-    click.echo(f"sparsity     measured {measured:.4f}")
-
-
-@cli.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"), show_default=True)
 @click.option("--trials", type=click.IntRange(min=2), default=None, help="Trials of the bo study (default: 30).")
 def demo(out: Path, trials: int | None) -> None:
@@ -512,51 +540,39 @@ def demo(out: Path, trials: int | None) -> None:
     """
     import optuna
 
-    from studies._demo import demo_config
-    from studies._export import export_study
-    from studies._manage import create_study
+    from studies._demo import demo_config, run_demo
     from studies._progress import RichReporter, study_progress
-    from studies._report import write_report
-    from studies._runner import run_study
-    from studies._session import open_session
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    database = _database(f"sqlite:///{out / 'sparsealloc.db'}")
-    config = demo_config(trials)
-    create_study(database, config)
     with study_progress() as progress:
 
         def bar(label: str, total: int) -> Callable[[int], None]:
             task = progress.add_task(label, total=total)
             return lambda n: progress.advance(task, n)
 
-        session = open_session(database, config, notify=progress.console.print, progress=bar)
-        result = run_study(session, reporter=RichReporter(progress, config.trials))
-        progress.console.print("Exporting the best trial and measuring uniform sparsity on held-out data")
-        exported = export_study(session, out / "lookup")
-        uniform = session.objective.heldout(config.sparsity.target)
-        dense = session.objective.heldout(0.0)
-        uniform_calibration = session.objective(config.sparsity.target)
-    plots = write_report(database, config.name, out / "report")
-    minutes = (time.perf_counter() - started) / 60
+        reporter = RichReporter(progress, demo_config(trials).trials)
+        result = run_demo(out, trials=trials, notify=progress.console.print, progress=bar, reporter=reporter)
+    _print_demo(result)
+
+
+def _print_demo(result: Any) -> None:
+    config, exported, target = result.config, result.exported, result.config.sparsity.target
+    click.echo(f"\nsparsealloc demo: SmolLM2-135M, pydoc corpus, target {target:.0%} model-level sparsity")
+    click.echo(f"study          {config.name}: {result.run.complete} bo trials in {result.database.masked_url}")
     click.echo(
-        f"\nsparsealloc demo: SmolLM2-135M, pydoc corpus, target {config.sparsity.target:.0%} model-level sparsity"
-    )
-    click.echo(f"study          {config.name}: {result.complete} bo trials in {database.masked_url}")
-    click.echo(
-        f"calibration    uniform {config.sparsity.target:.0%}: {uniform_calibration.perplexity:.3f}"
+        f"calibration    uniform {target:.0%}: {result.uniform_search.perplexity:.3f}"
         f"   bo best: {exported.calibration_perplexity:.3f}   (the search objective)"
     )
-    click.echo(f"held-out ppl   dense {dense.perplexity:.3f}")
-    click.echo(f"               uniform {config.sparsity.target:.0%}: {uniform.perplexity:.3f}")
+    click.echo(f"held-out ppl   dense {result.dense.perplexity:.3f}")
+    click.echo(f"               uniform {target:.0%}: {result.uniform_heldout.perplexity:.3f}")
     click.echo(f"               bo best (trial {exported.trial_number}): {exported.heldout_perplexity:.3f}")
-    gain = (uniform.perplexity - exported.heldout_perplexity) / (uniform.perplexity - dense.perplexity)
+    gain = (result.uniform_heldout.perplexity - exported.heldout_perplexity) / (
+        result.uniform_heldout.perplexity - result.dense.perplexity
+    )
     click.echo(f"               -> the best allocation removes {gain:.0%} of uniform's degradation over dense")
     click.echo(f"exported       {exported.path}/lookup.json (+ TEAL files)")
-    click.echo(f"report         {', '.join(str(p) for p in plots)}")
-    click.echo(f"time           {minutes:.1f} min")
+    click.echo(f"report         {', '.join(str(p) for p in result.plots)}")
+    click.echo(f"time           {result.minutes:.1f} min")
 
 
 def main() -> None:

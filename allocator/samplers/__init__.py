@@ -1,48 +1,94 @@
 """Optuna samplers that propose the whole block vector at once, on the model-level sparsity constraint.
 
-``create_sampler(name, space=..., seed=...)`` builds one by name: ``uniform``, ``random``, ``tpe``,
-``cmaes``, ``was``, ``evopress``, ``bo``. Objectives take their vector with ``suggest_allocation``.
+Every sampler registers itself in :mod:`allocator.samplers._registry` with its options model; importing
+this package imports every sampler module, so the registry is complete. ``create_sampler(name, space=...,
+seed=..., **options)`` builds one by name; :func:`sampler_names` lists them. Objectives take their vector
+with :func:`suggest_allocation`.
 """
 
 from __future__ import annotations
 
 from allocator.samplers._base import (
-    DISTANCE_ATTR,
-    PROPOSAL_ATTR,
-    SAMPLER_NAMES,
-    VECTOR_ATTR,
     BlockSampler,
     History,
     collect_history,
-    create_sampler,
     distributions,
     evaluated_vector,
+    pending_vector,
     suggest_allocation,
 )
-from allocator.samplers._bo import BoSampler
-from allocator.samplers._evopress import EvoPressSampler
-from allocator.samplers._optuna import cmaes_sampler, tpe_sampler
-from allocator.samplers._random import RandomBlockSampler
-from allocator.samplers._uniform import UniformSampler
-from allocator.samplers._was import WasSampler
+from allocator.samplers._registry import (
+    SamplerEntry,
+    SamplerOptions,
+    create_sampler,
+    parse_options,
+    register_sampler,
+    sampler_entry,
+    sampler_names,
+)
+
+# Registration order is the order of `sampler_names()`: the baselines first, then the searches.
+from allocator.samplers._uniform import GreedyUniformSampler, UniformSampler  # isort: skip
+from allocator.samplers._random import RandomBlockSampler, RandomOptions  # isort: skip
+from allocator.samplers._optuna import CmaesOptions, TpeOptions, cmaes_sampler, tpe_sampler  # isort: skip
+from allocator.samplers._was import WasOptions, WasSampler  # isort: skip
+from allocator.samplers._evopress import EvoPressOptions, EvoPressSampler  # isort: skip
+from allocator.samplers._bo import (  # isort: skip
+    BoOptions,
+    BoSampler,
+    SearchSpace,
+    gp_hyperparameters,
+    knot_space,
+    profile_matrix,
+    single_threaded,
+)
+from allocator.samplers._acqf import (  # isort: skip
+    AcqResult,
+    NullSpaceMap,
+    optimize_nullspace,
+    optimize_slsqp,
+    rank_candidates,
+    select_starts,
+)
 
 __all__ = [
-    "DISTANCE_ATTR",
-    "PROPOSAL_ATTR",
-    "SAMPLER_NAMES",
-    "VECTOR_ATTR",
+    "AcqResult",
     "BlockSampler",
+    "BoOptions",
     "BoSampler",
+    "CmaesOptions",
+    "EvoPressOptions",
     "EvoPressSampler",
+    "GreedyUniformSampler",
     "History",
+    "NullSpaceMap",
     "RandomBlockSampler",
+    "RandomOptions",
+    "SamplerEntry",
+    "SamplerOptions",
+    "SearchSpace",
+    "TpeOptions",
     "UniformSampler",
+    "WasOptions",
     "WasSampler",
     "cmaes_sampler",
     "collect_history",
     "create_sampler",
     "distributions",
     "evaluated_vector",
+    "gp_hyperparameters",
+    "knot_space",
+    "optimize_nullspace",
+    "optimize_slsqp",
+    "parse_options",
+    "pending_vector",
+    "profile_matrix",
+    "rank_candidates",
+    "register_sampler",
+    "sampler_entry",
+    "sampler_names",
+    "select_starts",
+    "single_threaded",
     "suggest_allocation",
     "tpe_sampler",
 ]

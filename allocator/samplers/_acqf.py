@@ -208,7 +208,7 @@ def _optimize_on(acqf: AcquisitionFunction, space: ConstraintSpace, starts: torc
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     with torch.no_grad():
         X = space.project(nmap.to_x(Y).reshape(-1, space.dim).numpy())
-    return _ranked(acqf, X)
+    return rank_candidates(acqf, X)
 
 
 def optimize_slsqp(
@@ -234,10 +234,10 @@ def optimize_slsqp(
         return_best_only=False,
         retry_on_optimization_warning=False,
     )
-    return _ranked(acqf, space.project(X.detach().reshape(-1, space.dim).numpy()))
+    return rank_candidates(acqf, space.project(X.detach().reshape(-1, space.dim).numpy()))
 
 
-def _ranked(acqf: AcquisitionFunction, X: np.ndarray) -> AcqResult:
+def rank_candidates(acqf: AcquisitionFunction, X: np.ndarray) -> AcqResult:
     vals = evaluate_batched(acqf, torch.as_tensor(X, dtype=torch.float64)).numpy()
     order = np.argsort(-vals, kind="stable")
     return AcqResult(X=X[order], values=vals[order])

@@ -31,20 +31,13 @@ from optuna.samplers import BaseSampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from allocator import trial_attributes as attrs
 from allocator._constraint import ConstraintSpace
-from allocator._errors import InputError
+from allocator.errors import InputError
+from allocator.samplers._registry import SamplerOptions, validate_options
 
 if TYPE_CHECKING:
     from optuna.study import Study
-
-#: User attribute holding the vector actually evaluated (a list of ``d`` floats).
-VECTOR_ATTR = "vector"
-#: User attribute holding ``‖evaluated − suggested‖₂`` (0.0 when the suggestion was already feasible).
-DISTANCE_ATTR = "projection_distance"
-#: System attribute holding a sampler's proposal, written at sampling time (a list of ``d`` floats).
-PROPOSAL_ATTR = "sparsealloc:proposal"
-#: System attribute naming the sampler that made the proposal.
-SAMPLER_ATTR = "sparsealloc:sampler"
 
 # A suggestion this close to the constraint (relative, on the equality) is evaluated as is.
 _ON_CONSTRAINT_RTOL = 1e-10
@@ -78,57 +71,21 @@ def suggest_allocation(trial: optuna.Trial, space: ConstraintSpace) -> np.ndarra
     on_constraint = abs(float(suggested @ space.weight_array()) - space.rhs) <= _ON_CONSTRAINT_RTOL * space.rhs
     vector = suggested if on_constraint else space.project(suggested)
     distance = float(np.linalg.norm(vector - suggested))
-    trial.set_user_attr(VECTOR_ATTR, [float(v) for v in vector])
-    trial.set_user_attr(DISTANCE_ATTR, distance)
+    attrs.record_vector(trial, vector, distance)
     return vector
 
 
-def _block_params(params: dict[str, Any], dim: int | None) -> np.ndarray | None:
-    if dim is None:
-        dim = sum(1 for name in params if name.startswith("block_"))
-    if dim == 0:
-        return None
-    try:
-        return np.array([float(params[f"block_{b}"]) for b in range(dim)], dtype=np.float64)
-    except KeyError:
-        return None
-
-
 def evaluated_vector(trial: FrozenTrial, space: ConstraintSpace | None = None) -> np.ndarray | None:
-    """The vector ``trial`` evaluated: its ``"vector"`` user attribute, else its ``block_i`` params.
-
-    Returns a ``d`` array, or None when the trial holds neither (or, given ``space``, the wrong length).
-    """
-    dim = None if space is None else space.dim
-    raw = trial.user_attrs.get(VECTOR_ATTR)
-    if raw is not None:
-        vec = np.asarray(raw, dtype=np.float64)
-        if vec.ndim == 1 and (dim is None or vec.shape[0] == dim):
-            return vec
-    return _block_params(trial.params, dim)
+    """The vector ``trial`` evaluated (a ``d`` array), or None (see ``trial_attributes.evaluated_vector``)."""
+    return attrs.evaluated_vector(trial, None if space is None else space.dim)
 
 
 def pending_vector(trial: FrozenTrial, space: ConstraintSpace) -> np.ndarray | None:
-    """The point a RUNNING or WAITING trial will evaluate, as far as storage knows it, or None.
-
-    In order: the evaluated vector (the objective got that far), the proposal a sampler wrote at sampling
-    time, the params suggested so far (complete only once every block is suggested), the params of an
-    enqueued trial (``fixed_params``).
-    """
-    for candidate in (
-        trial.user_attrs.get(VECTOR_ATTR),
-        trial.system_attrs.get(PROPOSAL_ATTR),
-    ):
-        if candidate is not None:
-            vec = np.asarray(candidate, dtype=np.float64)
-            if vec.shape == (space.dim,):
-                return vec
-    vec = _block_params(trial.params, space.dim)
-    if vec is None:
-        vec = _block_params(trial.system_attrs.get("fixed_params", {}), space.dim)
+    """The point a RUNNING or WAITING trial will evaluate, as far as storage knows it (on the constraint), or None."""
+    vec = attrs.pending_params(trial, space.dim)
     if vec is None:
         return None
-    return space.project(vec) if not space.contains(vec, tol=1e-9) else vec
+    return vec if space.contains(vec, tol=1e-9) else space.project(vec)
 
 
 @dataclass(frozen=True)
@@ -242,14 +199,28 @@ class BlockSampler(BaseSampler):
         space: The constraint space of the study.
         seed: The seed. None draws one at random (then proposals are not reproducible, and workers sharing
             a study do not share a seed).
+        options: The sampler's validated options (an instance of its ``Options`` model); or give them as
+            keyword arguments, validated here.
     """
 
     #: How many proposals the sampler has; the study runner stops after that many trials (None: no limit).
     max_trials: ClassVar[int | None] = None
-    #: The name under which :func:`create_sampler` knows the sampler.
+    #: The name under which the registry knows the sampler.
     name: ClassVar[str] = "block"
+    #: The sampler's options model.
+    Options: ClassVar[type[SamplerOptions]] = SamplerOptions
 
-    def __init__(self, *, space: ConstraintSpace, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        space: ConstraintSpace,
+        seed: int | None = None,
+        options: SamplerOptions | None = None,
+        **values: Any,
+    ) -> None:
+        if options is not None and values:
+            raise InputError(f"Give the options of sampler {self.name!r} either as `options` or as keywords, not both.")
+        self.options = validate_options(self.Options, self.name, options if options is not None else values)
         if not isinstance(space, ConstraintSpace):
             raise InputError(f"`space` must be a ConstraintSpace; got {type(space).__name__}.")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
@@ -277,7 +248,7 @@ class BlockSampler(BaseSampler):
         if not search_space:
             return {}
         _check_study(study)
-        study._storage.set_trial_system_attr(trial._trial_id, SAMPLER_ATTR, self.name)
+        attrs.set_system_attr(study, trial, attrs.SAMPLER, self.name)
         # Workers that sample at the same moment would see the same history and could propose the same point;
         # under the study's proposal lock each one reads the history, proposes and publishes in turn.
         with self._proposal_lock():
@@ -299,7 +270,7 @@ class BlockSampler(BaseSampler):
         else:
             vector = np.asarray(self.propose(study, trial, history), dtype=np.float64)
         vector = np.clip(vector, self._space.lower_array(), self._space.upper_array())
-        study._storage.set_trial_system_attr(trial._trial_id, PROPOSAL_ATTR, [float(v) for v in vector])
+        attrs.set_system_attr(study, trial, attrs.PROPOSAL, [float(v) for v in vector])
         return vector
 
     def sample_independent(
@@ -324,60 +295,3 @@ def _check_study(study: Study) -> None:
         raise InputError("The block samplers optimise a single objective, but the study has several directions.")
     if study.direction != StudyDirection.MINIMIZE:
         raise InputError("The block samplers minimise perplexity, but the study's `direction` is 'maximize'.")
-
-
-# ---------------------------------------------------------------------- registry
-
-
-def _registry() -> dict[str, Callable[..., BaseSampler]]:
-    # Imported here: each sampler module imports this one.
-    from allocator.samplers._bo import BoSampler
-    from allocator.samplers._evopress import EvoPressSampler
-    from allocator.samplers._optuna import cmaes_sampler, tpe_sampler
-    from allocator.samplers._random import RandomBlockSampler
-    from allocator.samplers._uniform import UniformSampler
-    from allocator.samplers._was import WasSampler
-
-    return {
-        "uniform": UniformSampler,
-        "random": RandomBlockSampler,
-        "tpe": tpe_sampler,
-        "cmaes": cmaes_sampler,
-        "was": WasSampler,
-        "evopress": EvoPressSampler,
-        "bo": BoSampler,
-    }
-
-
-#: The names :func:`create_sampler` accepts.
-SAMPLER_NAMES: tuple[str, ...] = ("uniform", "random", "tpe", "cmaes", "was", "evopress", "bo")
-
-
-def create_sampler(name: str, *, space: ConstraintSpace, seed: int | None = None, **options: Any) -> BaseSampler:
-    """The sampler called ``name`` for ``space``, seeded, with sampler-specific keyword ``options``.
-
-    Names: ``uniform``, ``random``, ``tpe``, ``cmaes``, ``was``, ``evopress``, ``bo``. Unknown names and
-    unknown options are refused with one sentence listing the valid ones.
-    """
-    factories = _registry()
-    if name not in factories:
-        raise InputError(f"Unknown sampler {name!r}; valid names are {', '.join(SAMPLER_NAMES)}.")
-    factory = factories[name]
-    valid = _options_of(factory)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        listing = ", ".join(valid) if valid else "none"
-        raise InputError(
-            f"Unknown option(s) {', '.join(map(repr, unknown))} for sampler {name!r}; valid options are {listing}."
-        )
-    return factory(space=space, seed=seed, **options)
-
-
-def _options_of(factory: Callable[..., Any]) -> list[str]:
-    import inspect
-
-    target = factory.__init__ if isinstance(factory, type) else factory
-    params = inspect.signature(target).parameters
-    return [
-        p.name for p in params.values() if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name not in ("space", "seed")
-    ]

@@ -34,16 +34,19 @@ import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import optuna
 import torch
+from pydantic import Field
 
+from allocator import trial_attributes as attrs
 from allocator._constraint import ConstraintSpace
-from allocator._errors import InfeasibleConstraintError, InputError, first_line
+from allocator.errors import InfeasibleConstraintError, InputError, first_line
 from allocator.samplers._acqf import AcqResult, optimize_nullspace, optimize_slsqp, select_starts
 from allocator.samplers._base import BlockSampler, History, is_duplicate
+from allocator.samplers._registry import SamplerOptions, register_sampler
 
 if TYPE_CHECKING:
     from botorch.acquisition import AcquisitionFunction
@@ -52,11 +55,6 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 _DESIGN_SPARE = 16  # extra design points for workers that ask before the first results are in
-
-#: System attribute: the GP hyperparameters fitted for a proposal, the warm start of the next fit.
-GP_ATTR = "sparsealloc:bo_gp"
-#: System attribute: set on a trial whose proposal fell back to the space-filling design because the model step failed.
-FALLBACK_ATTR = "sparsealloc:bo_fallback"
 
 # TuRBO's constants (Eriksson et al., 2019): initial, minimum and maximum side of the normalised box.
 _TR_INIT, _TR_MIN, _TR_MAX = 0.8, 0.5**7, 1.6
@@ -79,11 +77,7 @@ def _model_errors() -> tuple[type[Exception], ...]:
 def _resolve_knots(profile_knots: int | str | None, dim: int) -> int | None:
     if profile_knots == "auto":
         return _AUTO_KNOTS if dim >= _AUTO_KNOTS_MIN_BLOCKS else None
-    if profile_knots is None:
-        return None
-    if isinstance(profile_knots, bool) or not isinstance(profile_knots, (int, np.integer)):
-        raise InputError(f"`profile_knots` must be an integer, 'auto' or null; got {profile_knots!r}.")
-    return int(profile_knots)
+    return None if profile_knots is None else int(profile_knots)
 
 
 def profile_matrix(dim: int, knots: int) -> np.ndarray:
@@ -116,7 +110,7 @@ def knot_space(space: ConstraintSpace, M: np.ndarray) -> ConstraintSpace | None:
 
 
 @dataclass(frozen=True)
-class _Search:
+class SearchSpace:
     """Where one proposal is searched: a constraint space, and the linear map from it to block vectors."""
 
     space: ConstraintSpace
@@ -132,12 +126,10 @@ class _Search:
         return np.linalg.lstsq(self.to_blocks, X.T, rcond=None)[0].T
 
 
-class BoSampler(BlockSampler):
-    """Constrained BO: a GP on log perplexity, qLogNEI, acquisition optimised in the constraint's null space.
+class BoOptions(SamplerOptions):
+    """Options of ``bo``.
 
-    Args:
-        space: The constraint space.
-        seed: The seed.
+    Attributes:
         n_initial: Trials of the initial design (uniform vector first, then maximin) before the GP.
         trust_region: Restrict each search of the full vector to a TuRBO-style box around the best point.
         trust_region_init: The box's initial side in the normalised space (default 0.8, TuRBO's, or 0.2
@@ -156,71 +148,65 @@ class BoSampler(BlockSampler):
             constraint; slower, kept for comparison).
     """
 
+    n_initial: int = Field(default=10, ge=1)
+    trust_region: bool = False
+    trust_region_init: float | None = Field(default=None, gt=0.0, le=_TR_MAX)
+    profile_knots: Annotated[int, Field(ge=2)] | Literal["auto"] | None = "auto"
+    profile_trials: int = Field(default=30, ge=0)
+    num_restarts: int = Field(default=8, ge=1)
+    raw_samples: int = Field(default=512, ge=1)
+    mc_samples: int = Field(default=128, ge=1)
+    noise_variance: float = Field(default=1e-6, gt=0.0, allow_inf_nan=False)
+    round_iters: int = Field(default=25, ge=1)
+    max_rounds: int = Field(default=2, ge=1)
+    optimizer: Literal["nullspace", "slsqp"] = "nullspace"
+
+
+@register_sampler("bo", summary="constrained Bayesian optimisation (BoTorch): GP, qLogNEI in the null space")
+class BoSampler(BlockSampler):
+    """Constrained BO: a GP on log perplexity, qLogNEI, acquisition optimised in the constraint's null space.
+
+    Args:
+        space: The constraint space.
+        seed: The seed.
+        options: :class:`BoOptions` (or its fields as keywords).
+    """
+
     name: ClassVar[str] = "bo"
+    Options: ClassVar[type[SamplerOptions]] = BoOptions
 
     def __init__(
-        self,
-        *,
-        space: ConstraintSpace,
-        seed: int | None = None,
-        n_initial: int = 10,
-        trust_region: bool = False,
-        trust_region_init: float | None = None,
-        profile_knots: int | str | None = "auto",
-        profile_trials: int = 30,
-        num_restarts: int = 8,
-        raw_samples: int = 512,
-        mc_samples: int = 128,
-        noise_variance: float = 1e-6,
-        round_iters: int = 25,
-        max_rounds: int = 2,
-        optimizer: str = "nullspace",
+        self, *, space: ConstraintSpace, seed: int | None = None, options: BoOptions | None = None, **values: Any
     ) -> None:
-        super().__init__(space=space, seed=seed)
-        for name, value, least in (
-            ("n_initial", n_initial, 1),
-            ("profile_trials", profile_trials, 0),
-            ("num_restarts", num_restarts, 1),
-            ("raw_samples", raw_samples, 1),
-            ("mc_samples", mc_samples, 1),
-            ("round_iters", round_iters, 1),
-            ("max_rounds", max_rounds, 1),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-                raise InputError(f"`{name}` must be an integer of at least {least}; got {value!r}.")
-        if not (isinstance(noise_variance, (int, float)) and noise_variance > 0 and math.isfinite(noise_variance)):
-            raise InputError(f"`noise_variance` must be a positive number; got {noise_variance!r}.")
-        if trust_region_init is not None and not 0.0 < float(trust_region_init) <= _TR_MAX:
-            raise InputError(f"`trust_region_init` must be in (0, {_TR_MAX}]; got {trust_region_init!r}.")
-        if optimizer not in ("nullspace", "slsqp"):
-            raise InputError(f"`optimizer` must be 'nullspace' or 'slsqp'; got {optimizer!r}.")
-        profile_knots = _resolve_knots(profile_knots, space.dim)
+        super().__init__(space=space, seed=seed, options=options, **values)
+        o = self.options
+        assert isinstance(o, BoOptions)
+        profile_knots = _resolve_knots(o.profile_knots, space.dim)
         self._profile: ConstraintSpace | None = None
         self._M: np.ndarray | None = None
         if profile_knots is not None:
             M = profile_matrix(space.dim, int(profile_knots))
             self._profile = knot_space(space, M)
             self._M = M if self._profile is not None else None
-        self.n_initial = int(n_initial)
-        self.trust_region = bool(trust_region)
-        if trust_region_init is None:
-            trust_region_init = _TR_INIT if profile_knots is None else _TR_INIT_REFINE
-        self.trust_region_init = float(trust_region_init)
-        self.profile_knots = None if profile_knots is None else int(profile_knots)
-        self.profile_trials = int(profile_trials)
-        self.num_restarts = int(num_restarts)
-        self.raw_samples = int(raw_samples)
-        self.mc_samples = int(mc_samples)
-        self.noise_variance = float(noise_variance)
-        self.round_iters = int(round_iters)
-        self.max_rounds = int(max_rounds)
-        self.optimizer = optimizer
+        self.n_initial = o.n_initial
+        self.trust_region = o.trust_region
+        default_init = _TR_INIT if profile_knots is None else _TR_INIT_REFINE
+        self.trust_region_init = o.trust_region_init if o.trust_region_init is not None else default_init
+        self.profile_knots = profile_knots
+        self.profile_trials = o.profile_trials
+        self.num_restarts = o.num_restarts
+        self.raw_samples = o.raw_samples
+        self.mc_samples = o.mc_samples
+        self.noise_variance = o.noise_variance
+        self.round_iters = o.round_iters
+        self.max_rounds = o.max_rounds
+        self.optimizer = o.optimizer
 
     # ------------------------------------------------------------------ proposal
 
     def propose(self, study: Study, trial: FrozenTrial, history: History) -> np.ndarray:
         rng = self.rng(trial)
-        with torch.device("cpu"), torch.random.fork_rng(), _one_thread(), warnings.catch_warnings():
+        with torch.device("cpu"), torch.random.fork_rng(), single_threaded(), warnings.catch_warnings():
             # Near-duplicate points with a tiny fixed noise make GPyTorch add jitter; that is expected.
             warnings.filterwarnings("ignore", message="A not p.d., added jitter")
             # The fixed noise (default 1e-6) is deliberate: the objective is deterministic.
@@ -235,7 +221,7 @@ class BoSampler(BlockSampler):
                 # One failed GP fit (a numerically singular history, say) must not stop a long study: this
                 # trial takes the next space-filling point instead, and the failure is recorded on it.
                 reason = f"{type(error).__name__}: {first_line(error)}"
-                study._storage.set_trial_system_attr(trial._trial_id, FALLBACK_ATTR, reason)
+                attrs.set_system_attr(study, trial, attrs.BO_FALLBACK, reason)
                 optuna.logging.get_logger(__name__).warning(
                     f"Trial {trial.number}: the bo model step failed ({reason}); proposing a space-filling point."
                 )
@@ -248,21 +234,21 @@ class BoSampler(BlockSampler):
         return self._next_design_point(history, rng)
 
     def _model_step(
-        self, study: Study, trial: FrozenTrial, history: History, search: _Search, rng: np.random.Generator
+        self, study: Study, trial: FrozenTrial, history: History, search: SearchSpace, rng: np.random.Generator
     ) -> AcqResult:
         """Fit the GP, build the acquisition and optimise it over the constraint."""
         model = self.fit(history, search, warm_start=_latest_hyperparameters(history, search))
-        study._storage.set_trial_system_attr(trial._trial_id, GP_ATTR, _hyperparameters(model, search))
+        attrs.set_system_attr(study, trial, attrs.BO_GP, gp_hyperparameters(model, search))
         acqf = self.acquisition(model, history, search, seed=int(rng.integers(2**31)))
         # The trust region is a tool for the full block vector; a few knots are searched whole.
         full = search.to_blocks is None
         box = self._trust_region(history, search, model) if self.trust_region and full else search.space
         return self.optimize(acqf, box, history, search, rng)
 
-    def _search(self, history: History) -> _Search:
+    def _search(self, history: History) -> SearchSpace:
         if self._profile is not None and history.n < self.profile_trials:
-            return _Search(space=self._profile, to_blocks=self._M)
-        return _Search(space=self.space, to_blocks=None)
+            return SearchSpace(space=self._profile, to_blocks=self._M)
+        return SearchSpace(space=self.space, to_blocks=None)
 
     # ------------------------------------------------------------------ initial design
 
@@ -296,7 +282,9 @@ class BoSampler(BlockSampler):
 
     # ------------------------------------------------------------------ model and acquisition
 
-    def fit(self, history: History, search: _Search | None = None, *, warm_start: dict | None = None) -> SingleTaskGP:
+    def fit(
+        self, history: History, search: SearchSpace | None = None, *, warm_start: dict | None = None
+    ) -> SingleTaskGP:
         """The GP of ``−log(value)`` on the search coordinates, hyperparameters fitted by marginal likelihood.
 
         ``warm_start`` (hyperparameters stored with an earlier proposal of this study) starts L-BFGS-B
@@ -308,7 +296,7 @@ class BoSampler(BlockSampler):
         from botorch.models.transforms import Normalize, Standardize
         from gpytorch.mlls import ExactMarginalLogLikelihood
 
-        search = search or _Search(space=self.space, to_blocks=None)
+        search = search or SearchSpace(space=self.space, to_blocks=None)
         X = torch.as_tensor(search.features(history.X), dtype=torch.float64)
         Y = -torch.as_tensor(history.log_y(), dtype=torch.float64).unsqueeze(-1)
         bounds = torch.as_tensor(search.space.bounds_array(), dtype=torch.float64)
@@ -336,13 +324,13 @@ class BoSampler(BlockSampler):
         return model
 
     def acquisition(
-        self, model: SingleTaskGP, history: History, search: _Search | None = None, *, seed: int = 0
+        self, model: SingleTaskGP, history: History, search: SearchSpace | None = None, *, seed: int = 0
     ) -> AcquisitionFunction:
         """qLogNEI on the evaluated points, with the pending points of running trials as ``X_pending``."""
         from botorch.acquisition.logei import qLogNoisyExpectedImprovement
         from botorch.sampling import SobolQMCNormalSampler
 
-        search = search or _Search(space=self.space, to_blocks=None)
+        search = search or SearchSpace(space=self.space, to_blocks=None)
         X = torch.as_tensor(search.features(history.X), dtype=torch.float64)
         pending = None
         if history.pending.shape[0]:
@@ -359,7 +347,7 @@ class BoSampler(BlockSampler):
     # ------------------------------------------------------------------ acquisition optimisation
 
     def raw_points(
-        self, box: ConstraintSpace, history: History, search: _Search, rng: np.random.Generator
+        self, box: ConstraintSpace, history: History, search: SearchSpace, rng: np.random.Generator
     ) -> np.ndarray:
         """Feasible candidates in ``box`` (search coordinates) to choose restarts from: a hit-and-run pool
         (of the search space; projected into a trust region), plus Gaussian perturbations of the five best
@@ -385,7 +373,7 @@ class BoSampler(BlockSampler):
         acqf: AcquisitionFunction,
         box: ConstraintSpace,
         history: History,
-        search: _Search,
+        search: SearchSpace,
         rng: np.random.Generator,
     ) -> AcqResult:
         """Maximise ``acqf`` over ``box`` from restarts chosen among :meth:`raw_points`."""
@@ -422,7 +410,7 @@ class BoSampler(BlockSampler):
                 length = self.trust_region_init
         return length
 
-    def _trust_region(self, history: History, search: _Search, model: SingleTaskGP) -> ConstraintSpace:
+    def _trust_region(self, history: History, search: SearchSpace, model: SingleTaskGP) -> ConstraintSpace:
         length = self.trust_region_length(history)
         sp = search.space
         center = sp.normalize(search.features(history.X)[int(np.argmin(history.y))])
@@ -445,7 +433,7 @@ class BoSampler(BlockSampler):
 
 
 @contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
+def single_threaded() -> Iterator[None]:
     """Run torch on one intra-op thread: the matrices of a proposal are small (n ≤ a few hundred), where
     threads gain nothing, and on a busy machine spinning threads made a GP fit 10-20× slower (measured on
     the 2-core development machine)."""
@@ -457,11 +445,11 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _phase(search: _Search) -> str:
+def _phase(search: SearchSpace) -> str:
     return "full" if search.to_blocks is None else f"knots{search.to_blocks.shape[1]}"
 
 
-def _hyperparameters(model: SingleTaskGP, search: _Search) -> dict:
+def gp_hyperparameters(model: SingleTaskGP, search: SearchSpace) -> dict:
     return {
         "phase": _phase(search),
         "raw_lengthscale": [float(v) for v in model.covar_module.raw_lengthscale.detach().reshape(-1)],
@@ -469,14 +457,14 @@ def _hyperparameters(model: SingleTaskGP, search: _Search) -> dict:
     }
 
 
-def _latest_hyperparameters(history: History, search: _Search) -> dict | None:
+def _latest_hyperparameters(history: History, search: SearchSpace) -> dict | None:
     """The hyperparameters stored with the most recent earlier proposal of the same search space, if any."""
     dim = search.space.dim
     best: tuple[int, dict] | None = None
     for t in (*history.trials, *history.pending_trials):
-        hp = t.system_attrs.get(GP_ATTR)
+        hp = attrs.bo_hyperparameters(t)
         if (
-            isinstance(hp, dict)
+            hp is not None
             and hp.get("phase") == _phase(search)
             and len(hp.get("raw_lengthscale", ())) == dim
             and (best is None or t.number > best[0])

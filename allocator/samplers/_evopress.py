@@ -30,58 +30,60 @@ functions of the trials in storage, the seed and ``k``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from pydantic import Field
 
 from allocator._constraint import ConstraintSpace
-from allocator._errors import InputError
 from allocator.samplers._base import BlockSampler, History, is_duplicate
+from allocator.samplers._registry import SamplerOptions, register_sampler
 
 if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import FrozenTrial
 
 
-class EvoPressSampler(BlockSampler):
-    """EvoPress-style (1+λ) search with weight-preserving level swaps between blocks.
+class EvoPressOptions(SamplerOptions):
+    """Options of ``evopress``.
 
-    Args:
-        space: The constraint space.
-        seed: The seed.
+    Attributes:
         offspring: ``λ``, offspring per generation.
         num_levels: Levels each block may move away from the start, either way.
         step: Sparsity of one level for a block of average weight; default ``0.5·min(t, 1−t)/num_levels``.
         max_flips: Flips per offspring are ``min(randint(1, max_flips), randint(1, max_flips))``.
     """
 
+    offspring: int = Field(default=4, ge=1)
+    num_levels: int = Field(default=8, ge=1)
+    step: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
+    max_flips: int = Field(default=3, ge=1)
+
+
+@register_sampler("evopress", summary="EvoPress: (1+λ) evolutionary search with weight-preserving level swaps")
+class EvoPressSampler(BlockSampler):
+    """EvoPress-style (1+λ) search with weight-preserving level swaps between blocks.
+
+    Args:
+        space: The constraint space.
+        seed: The seed.
+        options: :class:`EvoPressOptions` (or its fields as keywords).
+    """
+
     name: ClassVar[str] = "evopress"
+    Options: ClassVar[type[SamplerOptions]] = EvoPressOptions
 
     def __init__(
-        self,
-        *,
-        space: ConstraintSpace,
-        seed: int | None = None,
-        offspring: int = 4,
-        num_levels: int = 8,
-        step: float | None = None,
-        max_flips: int = 3,
+        self, *, space: ConstraintSpace, seed: int | None = None, options: EvoPressOptions | None = None, **values: Any
     ) -> None:
-        super().__init__(space=space, seed=seed)
-        if int(offspring) < 1:
-            raise InputError(f"`offspring` must be a positive integer; got {offspring!r}.")
-        if int(num_levels) < 1:
-            raise InputError(f"`num_levels` must be a positive integer; got {num_levels!r}.")
-        if int(max_flips) < 1:
-            raise InputError(f"`max_flips` must be a positive integer; got {max_flips!r}.")
+        super().__init__(space=space, seed=seed, options=options, **values)
+        o = self.options
+        assert isinstance(o, EvoPressOptions)
         t = space.target
-        step = 0.5 * min(t, 1.0 - t) / int(num_levels) if step is None else float(step)
-        if not step > 0:
-            raise InputError(f"`step` must be positive; got {step!r}.")
-        self._offspring = int(offspring)
-        self._num_levels = int(num_levels)
-        self._step = step
-        self._max_flips = int(max_flips)
+        self._offspring = o.offspring
+        self._num_levels = o.num_levels
+        self._step = 0.5 * min(t, 1.0 - t) / o.num_levels if o.step is None else o.step
+        self._max_flips = o.max_flips
 
     def generation(self, number: int) -> int:
         """The generation of trial ``number`` (trial 0, the uniform start, is generation −1)."""

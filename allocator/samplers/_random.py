@@ -6,9 +6,11 @@ import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from pydantic import Field
 
 from allocator._constraint import ConstraintSpace
 from allocator.samplers._base import BlockSampler, History
+from allocator.samplers._registry import SamplerOptions, register_sampler
 
 if TYPE_CHECKING:
     from optuna.study import Study
@@ -59,6 +61,15 @@ class _Chain:
         return self._samples[k].copy()
 
 
+class RandomOptions(SamplerOptions):
+    """Options of ``random``: the hit-and-run chain's burn-in steps and thinning (defaults scale with the
+    number of free blocks ``m``: ``200·m`` and ``max(8, m)``)."""
+
+    n_burnin: int | None = Field(default=None, ge=0)
+    n_thinning: int | None = Field(default=None, ge=1)
+
+
+@register_sampler("random", summary="points uniform on the constraint polytope (hit-and-run)")
 class RandomBlockSampler(BlockSampler):
     """Trial ``k`` gets the ``k``-th point of one seeded hit-and-run chain on the polytope.
 
@@ -73,24 +84,21 @@ class RandomBlockSampler(BlockSampler):
     Args:
         space: The constraint space.
         seed: The chain's seed.
-        n_burnin: Burn-in steps of the chain.
-        n_thinning: Chain steps per returned point.
+        options: :class:`RandomOptions` (or its fields as keywords).
     """
 
     name: ClassVar[str] = "random"
+    Options: ClassVar[type[SamplerOptions]] = RandomOptions
 
     def __init__(
-        self,
-        *,
-        space: ConstraintSpace,
-        seed: int | None = None,
-        n_burnin: int | None = None,
-        n_thinning: int | None = None,
+        self, *, space: ConstraintSpace, seed: int | None = None, options: RandomOptions | None = None, **values: Any
     ) -> None:
-        super().__init__(space=space, seed=seed)
+        super().__init__(space=space, seed=seed, options=options, **values)
+        o = self.options
+        assert isinstance(o, RandomOptions)
         m = int(space.free_mask.sum())
-        self._n_burnin = int(n_burnin) if n_burnin is not None else 200 * m
-        self._n_thinning = int(n_thinning) if n_thinning is not None else max(8, m)
+        self._n_burnin = o.n_burnin if o.n_burnin is not None else 200 * m
+        self._n_thinning = o.n_thinning if o.n_thinning is not None else max(8, m)
 
     def propose(self, study: Study, trial: FrozenTrial, history: History) -> np.ndarray:
         return self._chain().get(trial.number)

@@ -7,14 +7,16 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 from optuna.trial import TrialState
 
-from allocator._errors import InputError
+from allocator.errors import InputError
 from allocator.samplers._base import BlockSampler, History
+from allocator.samplers._registry import register_sampler
 
 if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import FrozenTrial
 
 
+@register_sampler("uniform", summary="every block at the target (one trial)")
 class UniformSampler(BlockSampler):
     """Propose ``s_b = t`` for every block, or the projection of that constant vector when a bound excludes it.
 
@@ -33,9 +35,20 @@ class UniformSampler(BlockSampler):
         if len(others) >= 1:
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             raise InputError(
-                f"The `uniform` sampler has a single point (max_trials = 1) and the study already has trial "
+                f"The `{self.name}` sampler has a single point (max_trials = 1) and the study already has trial "
                 f"{others[0].number}; run it with one trial."
             )
 
     def propose(self, study: Study, trial: FrozenTrial, history: History) -> np.ndarray:
         return self.space.uniform_vector()
+
+
+@register_sampler("greedy", site_split="greedy", summary="TEAL's greedy-uniform: the uniform vector, greedy split")
+class GreedyUniformSampler(UniformSampler):
+    """TEAL's greedy-uniform method: every block at the target, each block's sites split by the greedy tables.
+
+    The proposal is the uniform vector; what makes it TEAL's method is the study's ``greedy`` site split,
+    which the registry requires of a study using this sampler.
+    """
+
+    name: ClassVar[str] = "greedy"

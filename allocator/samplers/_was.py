@@ -38,27 +38,22 @@ import numpy as np
 import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
+from pydantic import Field
 
+from allocator import trial_attributes as attrs
 from allocator._constraint import ConstraintSpace
-from allocator._errors import InputError
 from allocator.samplers._base import BlockSampler, History
+from allocator.samplers._registry import SamplerOptions, register_sampler
 
 if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import FrozenTrial
 
-#: System attribute: the accepted raw WAS parameters ``r`` of a trial (``d`` floats).
-WAS_PARAMS_ATTR = "sparsealloc:was_params"
-#: System attribute: the raw parameters TPE proposed and the band rejected before the accepted one.
-WAS_REJECTED_ATTR = "sparsealloc:was_rejected"
 
+class WasOptions(SamplerOptions):
+    """Options of ``was`` (defaults: WAS's code).
 
-class WasSampler(BlockSampler):
-    """WAS: TPE over a monotone-in-depth per-block parametrisation with WAS's soft target penalty.
-
-    Args:
-        space: The constraint space.
-        seed: The seed (of the internal TPE, combined with the trial number).
+    Attributes:
         start_width: ``r_0 ∈ [t − start_width, t]``.
         cap: The sequence stops rising at ``t + cap``.
         max_step: The largest rise from one block to the next.
@@ -68,36 +63,41 @@ class WasSampler(BlockSampler):
         max_attempts: Internal proposals per trial before the one nearest the band is taken anyway.
     """
 
+    start_width: float = Field(default=0.02, ge=0.0, allow_inf_nan=False)
+    cap: float = Field(default=0.02, ge=0.0, allow_inf_nan=False)
+    max_step: float = Field(default=0.005, ge=0.0, allow_inf_nan=False)
+    band: float = Field(default=0.01, ge=0.0, allow_inf_nan=False)
+    penalty: float = Field(default=2500.0, gt=0.0, allow_inf_nan=False)
+    n_startup_trials: int = Field(default=10, ge=0)
+    max_attempts: int = Field(default=200, ge=1)
+
+
+@register_sampler("was", summary="WAS: TPE over a monotone-in-depth parametrisation with a soft target penalty")
+class WasSampler(BlockSampler):
+    """WAS: TPE over a monotone-in-depth per-block parametrisation with WAS's soft target penalty.
+
+    Args:
+        space: The constraint space.
+        seed: The seed (of the internal TPE, combined with the trial number).
+        options: :class:`WasOptions` (or its fields as keywords).
+    """
+
     name: ClassVar[str] = "was"
+    Options: ClassVar[type[SamplerOptions]] = WasOptions
 
     def __init__(
-        self,
-        *,
-        space: ConstraintSpace,
-        seed: int | None = None,
-        start_width: float = 0.02,
-        cap: float = 0.02,
-        max_step: float = 0.005,
-        band: float = 0.01,
-        penalty: float = 2500.0,
-        n_startup_trials: int = 10,
-        max_attempts: int = 200,
+        self, *, space: ConstraintSpace, seed: int | None = None, options: WasOptions | None = None, **values: Any
     ) -> None:
-        super().__init__(space=space, seed=seed)
-        for name, value in (("start_width", start_width), ("cap", cap), ("max_step", max_step), ("band", band)):
-            if not (math.isfinite(float(value)) and float(value) >= 0.0):
-                raise InputError(f"`{name}` must be a non-negative number; got {value!r}.")
-        if not float(penalty) > 0:
-            raise InputError(f"`penalty` must be positive; got {penalty!r}.")
-        if int(max_attempts) < 1:
-            raise InputError(f"`max_attempts` must be a positive integer; got {max_attempts!r}.")
-        self._start_width = float(start_width)
-        self._cap = float(cap)
-        self._max_step = float(max_step)
-        self._band = float(band)
-        self._penalty = float(penalty)
-        self._n_startup = int(n_startup_trials)
-        self._max_attempts = int(max_attempts)
+        super().__init__(space=space, seed=seed, options=options, **values)
+        o = self.options
+        assert isinstance(o, WasOptions)
+        self._start_width = o.start_width
+        self._cap = o.cap
+        self._max_step = o.max_step
+        self._band = o.band
+        self._penalty = o.penalty
+        self._n_startup = o.n_startup_trials
+        self._max_attempts = o.max_attempts
 
     # ------------------------------------------------------------------ the parametrisation
 
@@ -160,9 +160,8 @@ class WasSampler(BlockSampler):
             assert best_raw is not None
             accepted = best_raw
             rejected.remove([float(v) for v in best_raw])
-        storage = study._storage
-        storage.set_trial_system_attr(trial._trial_id, WAS_PARAMS_ATTR, [float(v) for v in accepted])
-        storage.set_trial_system_attr(trial._trial_id, WAS_REJECTED_ATTR, rejected)
+        attrs.set_system_attr(study, trial, attrs.WAS_PARAMS, [float(v) for v in accepted])
+        attrs.set_system_attr(study, trial, attrs.WAS_REJECTED, rejected)
         return self.space.project(np.clip(accepted, self.space.lower_array(), self.space.upper_array()))
 
     def _suggest_raw(self, itrial: optuna.Trial) -> np.ndarray:
@@ -182,12 +181,11 @@ class WasSampler(BlockSampler):
         new: list[Any] = []
         any_running = False
         for t in study.get_trials(deepcopy=False):
-            if t.number == trial.number or WAS_PARAMS_ATTR not in t.system_attrs:
+            raw_arr = attrs.was_params(t)
+            if t.number == trial.number or raw_arr is None:
                 continue
-            for raw in t.system_attrs.get(WAS_REJECTED_ATTR, []):
-                raw_arr = np.asarray(raw, dtype=np.float64)
-                new.append(self._frozen(raw_arr, TrialState.COMPLETE, self.score(raw_arr) or 0.0))
-            raw_arr = np.asarray(t.system_attrs[WAS_PARAMS_ATTR], dtype=np.float64)
+            for rejected in attrs.was_rejected(t):
+                new.append(self._frozen(rejected, TrialState.COMPLETE, self.score(rejected) or 0.0))
             if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value):
                 new.append(self._frozen(raw_arr, TrialState.COMPLETE, float(t.value)))
             elif t.state in (TrialState.RUNNING, TrialState.WAITING):

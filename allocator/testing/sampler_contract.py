@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 import optuna
 
-from allocator._constraint import ConstraintSpace
-from allocator._errors import InputError
-from allocator.samplers import DISTANCE_ATTR, BlockSampler, create_sampler, suggest_allocation
+from allocator import ConstraintSpace
+from allocator import trial_attributes as attrs
+from allocator.errors import InputError
+from allocator.samplers import BlockSampler, create_sampler, suggest_allocation
 
 #: A small space with the awkward parts: unequal weights, per-block bounds, one pinned block.
 CONTRACT_SPACE = ConstraintSpace(
@@ -77,7 +78,9 @@ def check_feasible(make: SamplerFactory, *, n_trials: int = 10, storage: str | N
         lo, hi = CONTRACT_SPACE.lower_array(), CONTRACT_SPACE.upper_array()
         assert np.all(vec >= lo) and np.all(vec <= hi), f"trial {t.number} leaves the bounds"
         if isinstance(sampler, BlockSampler):
-            assert t.user_attrs[DISTANCE_ATTR] <= 1e-9, f"trial {t.number}: the proposal was off the constraint"
+            assert t.user_attrs[attrs.PROJECTION_DISTANCE] <= 1e-9, (
+                f"trial {t.number}: the proposal was off the constraint"
+            )
     return _vectors(study)
 
 

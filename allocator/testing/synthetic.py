@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from allocator._constraint import ConstraintSpace
-from allocator._errors import InputError
+from allocator import ConstraintSpace
+from allocator.errors import InputError
 
 
 @dataclass(frozen=True, kw_only=True)

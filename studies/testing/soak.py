@@ -29,8 +29,7 @@ from sqlalchemy.orm import Session
 
 from allocator import Calibration
 from allocator.samplers import evaluated_vector
-from storage import Database
-from storage._tables import CalibrationRecord
+from storage import CalibrationRecord, Database
 
 SPARSEALLOC = str(Path(sys.executable).with_name("sparsealloc"))
 

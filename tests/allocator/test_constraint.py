@@ -11,8 +11,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
-from allocator import InfeasibleConstraintError, InputError
-from allocator._constraint import ConstraintSpace, maximin_order
+from allocator import ConstraintSpace, InfeasibleConstraintError, InputError, maximin_order
 
 # ---------------------------------------------------------------------------- strategies
 

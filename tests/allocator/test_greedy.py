@@ -10,11 +10,11 @@ from allocator import (
     Sparsifiers,
     build_greedy_table,
     calibrate,
+    capture_block_inputs,
     load_model,
     load_text,
     tokenize_split,
 )
-from allocator._greedy import _capture_block_inputs
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_batched_candidates_score_like_one_at_a_time(built):
     """The vectorised step must give each candidate the error it has when evaluated alone."""
     loaded, split, calibration, table = built
     tokens = split.calibration[:2]
-    args, kwargs = _capture_block_inputs(loaded.adapter, tokens)[1]
+    args, kwargs = capture_block_inputs(loaded.adapter, tokens)[1]
     layer = loaded.adapter.layers[1]
     dense = layer(*args, **kwargs)
     dense = dense[0] if isinstance(dense, tuple) else dense

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from allocator import ScoreHistogram
-from allocator._histogram import key_counts
+from allocator import ScoreHistogram, key_counts
 
 
 def _histogram(values: torch.Tensor) -> ScoreHistogram:

@@ -14,14 +14,21 @@ def test_loads_a_local_directory_in_eval_mode(tiny_model_dir):
     assert len(loaded.fingerprint) == 64
 
 
-def test_fingerprint_depends_on_shapes_not_on_weights_or_location(tiny_tokenizer, tmp_path):
+def test_fingerprint_depends_on_shapes_and_weights_not_on_location_or_dtype(tiny_tokenizer, tmp_path):
+    import torch
+
     a = build_tiny_model("llama", seed=0)
-    b = build_tiny_model("llama", seed=1)
+    b = build_tiny_model("llama", seed=1)  # same shapes, other weights: another model (a fine-tune, say)
     deeper = build_tiny_model("llama", n_layers=4)
-    assert model_fingerprint(a) == model_fingerprint(b)
+    assert model_fingerprint(a) != model_fingerprint(b)
     assert model_fingerprint(a) != model_fingerprint(deeper)
     saved = load_model(save_model_dir(a, tiny_tokenizer, tmp_path / "copy"))
     assert saved.fingerprint == model_fingerprint(a)
+    nudged = build_tiny_model("llama", seed=0)
+    with torch.no_grad():
+        nudged.model.layers[1].mlp.down_proj.weight.mul_(1.5)  # one matrix of one block changed
+    assert model_fingerprint(nudged) != model_fingerprint(a)
+    assert model_fingerprint(build_tiny_model("llama", seed=0).to(torch.bfloat16)) == model_fingerprint(a)
 
 
 def test_missing_path_is_one_clear_error(tmp_path):

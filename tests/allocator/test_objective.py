@@ -5,8 +5,16 @@ import math
 import pytest
 import torch
 
-from allocator import InputError, PerplexityObjective, SparseModel, calibrate, load_model, load_text, tokenize_split
-from allocator._objective import batch_nll
+from allocator import (
+    InputError,
+    PerplexityObjective,
+    SparseModel,
+    batch_nll,
+    calibrate,
+    load_model,
+    load_text,
+    tokenize_split,
+)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from allocator import StorageError
-from storage import SCHEMA_VERSION, Database
-from storage._tables import Meta
+from storage import SCHEMA_VERSION, Database, Meta
 
 
 def test_opens_creates_schema_and_optuna_reads_it(storage_url):

@@ -13,8 +13,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from allocator.testing.tiny import build_tiny_model, save_model_dir
-from storage import SCHEMA_VERSION, Database
-from storage._tables import Meta
+from storage import SCHEMA_VERSION, Database, Meta
 from studies.cli import cli
 from tests.studies.conftest import tiny_config
 

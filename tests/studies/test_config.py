@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from allocator import InputError
-from studies._config import load_config, parse_config
+from studies import load_config, parse_config
 from tests.studies.conftest import tiny_config
 
 
@@ -31,10 +31,23 @@ def test_storage_is_returned_apart_and_not_part_of_the_identity(tmp_path):
         (lambda c: c.update(trials="many"), "`trials`: Input should be a valid integer"),
         (lambda c: c["sparsity"].update(target=1.2), "`sparsity.target`: Input should be less than 1"),
         (lambda c: c["sparsity"].update(target=0), "`sparsity.target`: Input should be greater than 0"),
-        (lambda c: c["sparsity"].update(upper=[0.5, 1.5]), "`upper` values should be in [0, 1)"),
-        (lambda c: c["sampler"].update(name="sobol"), "`sampler.name`: Input should be 'bo'"),
+        (lambda c: c["sparsity"].update(upper=[0.5, 1.5]), "`sparsity.upper.1`: Input should be less than 1"),
+        (lambda c: c["sampler"].update(name="sobol"), "`sampler.name`: unknown sampler 'sobol'; valid names are"),
         (lambda c: c.pop("sparsity"), "missing required key `sparsity`"),
-        (lambda c: c["sampler"].update(name="greedy"), "set `sparsity.split: greedy`"),
+        (lambda c: c["sampler"].update(name="greedy"), "sampler `greedy` needs `sparsity.split: greedy`"),
+        (lambda c: c.update(trials=True), "`trials`: Input should be a valid integer"),
+        (lambda c: c.update(trials=4.0), "`trials`: Input should be a valid integer"),
+        (lambda c: c["sparsity"].update(target=float("nan")), "`sparsity.target`: Input should be a finite number"),
+        (lambda c: c["data"].update(seed=2**70), "`data.seed`: Input should be less than or equal to 4294967295"),
+        (lambda c: c.update(seed=-1), "`seed`: Input should be greater than or equal to 0"),
+        (
+            lambda c: c["sampler"].update(name="bo", options={"n_inital": 5}),
+            "`sampler`: Unknown option `n_inital` for sampler 'bo'; valid options are n_initial",
+        ),
+        (
+            lambda c: c["sampler"].update(name="bo", options={"n_initial": "5"}),
+            "Option `n_initial` of sampler 'bo': Input should be a valid integer",
+        ),
         (lambda c: c.update(name="bad name!"), "`name`: String should match pattern"),
     ],
 )
@@ -66,3 +79,18 @@ def test_yaml_is_parsed_safely(tmp_path):
     path.write_text("name: !!python/object/apply:os.system ['echo pwned']\nsparsity: {target: 0.5}\n")
     with pytest.raises(InputError, match="is not valid YAML"):
         load_config(path)
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("name: s\nsparsity: {target: 0.5}\ntrials: 4\ntrials: 40\n")
+    with pytest.raises(InputError, match=r"has a duplicate key 'trials' at line 4"):
+        load_config(path)
+    path.write_text("name: s\nsparsity: {target: 0.5, target: 0.6}\n")
+    with pytest.raises(InputError, match=r"duplicate key 'target' at line 2"):
+        load_config(path)
+
+
+def test_stored_configs_are_read_back_without_the_sampler_registry():
+    stored = parse_config({"name": "s", "sparsity": {"target": 0.4}}).canonical()
+    assert parse_config(stored, stored=True).canonical() == stored

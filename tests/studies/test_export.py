@@ -6,15 +6,10 @@ import json
 import pytest
 import torch
 
-from allocator import LookupFileError, load_lookup, load_model, read_lookup
-from allocator._objective import batch_nll
+from allocator import LookupFileError, batch_nll, load_lookup, load_model, read_lookup
 from allocator.testing.tiny import build_tiny_model
 from storage import Database
-from studies._config import load_config
-from studies._export import export_study
-from studies._manage import create_study
-from studies._runner import run_study
-from studies._session import open_session
+from studies import create_study, export_study, load_config, open_session, run_study
 
 
 @pytest.fixture
@@ -84,9 +79,11 @@ def test_teal_files(exported):
 
 def test_export_replaces_the_previous_one_whole(exported, tmp_path):
     session, _, out = exported
-    (out / "stale.txt").write_text("from an older export")
+    stale = out / "histograms" / "layer-99"
+    stale.mkdir()
+    (stale / "histograms.pt").write_text("from an older export of a deeper model")
     export_study(session, out)
-    assert not (out / "stale.txt").exists()
+    assert not stale.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export")]  # no staging left behind
 
 

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
-from allocator._files import atomic_write_directory
+from allocator import atomic_write_directory
 from allocator.samplers import evaluated_vector
 from studies.cli import cli
 from tests.studies.test_workers import SPARSEALLOC, _cli, _finish, _trials
@@ -58,7 +58,7 @@ def test_postgres_restart_mid_study_loses_nothing(postgres_url, write_config):
 _SLOW_FILL = """
 import sys, time
 from pathlib import Path
-from allocator._files import atomic_write_directory
+from allocator import atomic_write_directory
 
 def fill(directory: Path) -> None:
     for i in range(50):

@@ -5,12 +5,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from allocator import trial_attributes as attrs
 from allocator.samplers import evaluated_vector
 from storage import Database
-from studies._config import load_config
-from studies._manage import create_study, summarize
-from studies._runner import HELDOUT_ATTR, run_study
-from studies._session import open_session
+from studies import create_study, load_config, open_session, run_study, summarize
 
 
 def _complete(database: Database, name: str) -> list[optuna.trial.FrozenTrial]:
@@ -24,7 +22,7 @@ def test_run_then_resume_reaches_the_target_without_reevaluating(storage_url, wr
     assert create_study(database, config) is True
     messages: list[str] = []
     session = open_session(database, config, notify=messages.append)
-    assert any(m.startswith("Calibrated") for m in messages)
+    assert any(m.startswith("Computed calibration") for m in messages)
     first = run_study(session, n_trials=3)
     assert (first.complete, first.evaluated_here) == (3, 3)
     before = {t.number: t.value for t in _complete(database, "tiny")}
@@ -39,7 +37,9 @@ def test_run_then_resume_reaches_the_target_without_reevaluating(storage_url, wr
     vectors = np.array([evaluated_vector(t) for t in trials])
     assert len({tuple(v) for v in vectors}) == 5
     assert np.allclose(vectors @ session.space.weight_array(), session.space.rhs, rtol=1e-9)
-    assert HELDOUT_ATTR in min(trials, key=lambda t: t.value).user_attrs  # the best was checked on held-out data
+    assert (
+        attrs.HELDOUT_PERPLEXITY in min(trials, key=lambda t: t.value).user_attrs
+    )  # the best was checked on held-out data
 
 
 def test_optuna_reads_our_database(sqlite_url, write_config):

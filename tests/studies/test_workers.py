@@ -99,5 +99,5 @@ def test_workers_complete_one_study_without_duplicates(request, backend, workers
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 10, outputs
     assert not [t for t in trials if t.state == TrialState.FAIL]
     _assert_no_duplicates(trials)
-    calibrated = sum("Calibrated (" in output for output in outputs)
+    calibrated = sum("Computed calibration (" in output for output in outputs)
     assert calibrated == 1, outputs  # the first worker calibrates, the others reuse it

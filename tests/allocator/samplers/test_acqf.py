@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import optuna
 import pytest
 import torch
 
-from allocator._constraint import ConstraintSpace
-from allocator.samplers import collect_history, create_sampler, suggest_allocation
-from allocator.samplers._acqf import NullSpaceMap, optimize_nullspace, optimize_slsqp, select_starts
+from allocator import ConstraintSpace
+from allocator.samplers import (
+    NullSpaceMap,
+    collect_history,
+    create_sampler,
+    optimize_nullspace,
+    optimize_slsqp,
+    select_starts,
+    suggest_allocation,
+)
 
 SPACE = ConstraintSpace(weights=[1.0, 2.0, 1.0, 1.5, 1.0, 3.0, 1.0, 2.0], target=0.4, lower=0.0, upper=0.9)
 
@@ -57,7 +66,7 @@ def test_a_failed_slsqp_polish_keeps_the_null_space_candidates(fitted: tuple, mo
     """BoTorch's SLSQP path can raise (its projection hits an iteration limit); the proposal must not."""
     from botorch.exceptions.errors import CandidateGenerationError
 
-    from allocator.samplers import _acqf
+    acqf_module = importlib.import_module(optimize_nullspace.__module__)
 
     acqf, starts = fitted
     unpolished = optimize_nullspace(acqf, SPACE, starts, polish=0)
@@ -65,7 +74,7 @@ def test_a_failed_slsqp_polish_keeps_the_null_space_candidates(fitted: tuple, mo
     def failing_slsqp(*args, **kwargs):
         raise CandidateGenerationError("Optimization failed: Iteration limit reached")
 
-    monkeypatch.setattr(_acqf, "optimize_slsqp", failing_slsqp)
+    monkeypatch.setattr(acqf_module, "optimize_slsqp", failing_slsqp)
     result = optimize_nullspace(acqf, SPACE, starts)
     np.testing.assert_allclose(result.X, unpolished.X)
     assert all(SPACE.contains(x, tol=1e-12) for x in result.X)

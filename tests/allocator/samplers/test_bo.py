@@ -10,9 +10,16 @@ import optuna
 import pytest
 import torch
 
-from allocator._constraint import ConstraintSpace
-from allocator.samplers import BoSampler, collect_history, create_sampler, suggest_allocation
-from allocator.samplers._bo import FALLBACK_ATTR, GP_ATTR, knot_space, profile_matrix
+from allocator import ConstraintSpace
+from allocator import trial_attributes as attrs
+from allocator.samplers import (
+    BoSampler,
+    collect_history,
+    create_sampler,
+    knot_space,
+    profile_matrix,
+    suggest_allocation,
+)
 from allocator.testing import SyntheticObjective, run_sampler
 
 SPACE = ConstraintSpace(weights=[1.0, 2.0, 1.0, 1.5, 1.0, 3.0], target=0.4, lower=0.0, upper=0.9)
@@ -47,7 +54,7 @@ def test_model_phase_proposals_are_exactly_feasible_and_improve() -> None:
     values = [t.value for t in study.trials]
     assert min(values[5:]) < min(values[:5])
     # The fitted hyperparameters are stored for the next fit's warm start.
-    hp = study.trials[-1].system_attrs[GP_ATTR]
+    hp = study.trials[-1].system_attrs[attrs.BO_GP]
     assert hp["phase"] == "full" and len(hp["raw_lengthscale"]) == 6
 
 
@@ -62,8 +69,8 @@ def test_a_failed_model_step_falls_back_to_the_design_and_is_recorded(monkeypatc
     study = optuna.create_study(sampler=sampler)
     study.optimize(_objective, n_trials=6)
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-    assert [FALLBACK_ATTR in t.system_attrs for t in study.trials] == [False] * 3 + [True] * 3
-    assert study.trials[-1].system_attrs[FALLBACK_ATTR].startswith("NotPSDError: Matrix not positive definite")
+    assert [attrs.BO_FALLBACK in t.system_attrs for t in study.trials] == [False] * 3 + [True] * 3
+    assert study.trials[-1].system_attrs[attrs.BO_FALLBACK].startswith("NotPSDError: Matrix not positive definite")
     vecs = np.array([t.user_attrs["vector"] for t in study.trials])
     np.testing.assert_allclose(vecs @ SPACE.weight_array(), SPACE.rhs, rtol=1e-12)
     np.testing.assert_allclose(vecs, sampler.design()[:6])  # the next space-filling points, no duplicate
@@ -153,8 +160,8 @@ def test_profile_phase_searches_knots_then_the_full_vector() -> None:
         x = np.asarray(t.user_attrs["vector"])
         k = np.linalg.lstsq(M, x, rcond=None)[0]
         np.testing.assert_allclose(M @ k, x, atol=1e-9)
-    assert study.trials[5].system_attrs[GP_ATTR]["phase"] == "knots3"
-    assert study.trials[8].system_attrs[GP_ATTR]["phase"] == "full"
+    assert study.trials[5].system_attrs[attrs.BO_GP]["phase"] == "knots3"
+    assert study.trials[8].system_attrs[attrs.BO_GP]["phase"] == "full"
 
 
 def test_trust_region_length_replays_successes_and_failures() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import optuna
 import pytest
 
-from allocator._constraint import ConstraintSpace
+from allocator import ConstraintSpace
 from allocator.samplers import create_sampler, suggest_allocation
 
 SPACE = ConstraintSpace(weights=[1.0, 2.0, 1.0, 4.0, 1.5, 1.0], target=0.5, lower=0.0, upper=0.9)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import optuna
 
-from allocator._constraint import ConstraintSpace
+from allocator import ConstraintSpace
 from allocator.samplers import create_sampler, suggest_allocation
 
 SPACE = ConstraintSpace(weights=[1.0, 2.0, 1.0, 3.0, 1.0], target=0.4, lower=0.0, upper=0.9)

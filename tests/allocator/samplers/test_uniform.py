@@ -6,8 +6,7 @@ import numpy as np
 import optuna
 import pytest
 
-from allocator import InputError
-from allocator._constraint import ConstraintSpace
+from allocator import ConstraintSpace, InputError
 from allocator.samplers import UniformSampler, create_sampler, suggest_allocation
 
 

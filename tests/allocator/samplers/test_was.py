@@ -6,9 +6,9 @@ import numpy as np
 import optuna
 import pytest
 
-from allocator._constraint import ConstraintSpace
+from allocator import ConstraintSpace
+from allocator import trial_attributes as attrs
 from allocator.samplers import WasSampler, create_sampler, suggest_allocation
-from allocator.samplers._was import WAS_PARAMS_ATTR, WAS_REJECTED_ATTR
 
 SPACE = ConstraintSpace(weights=np.ones(12), target=0.5)
 
@@ -35,12 +35,12 @@ def test_chained_bounds_follow_was() -> None:
 def test_raw_parameters_are_monotone_in_band_and_stored() -> None:
     study, sampler = _study()
     for t in study.trials:
-        raw = np.asarray(t.system_attrs[WAS_PARAMS_ATTR])
+        raw = np.asarray(t.system_attrs[attrs.WAS_PARAMS])
         assert np.all(np.diff(raw) >= -1e-12) and np.all(np.diff(raw) <= 0.005 + 1e-12)
         assert raw[0] >= 0.48 - 1e-12 and raw.max() <= 0.52 + 1e-12
         assert sampler.miss(raw) <= 0.01
         np.testing.assert_allclose(t.user_attrs["vector"], SPACE.project(raw))
-        for rejected in t.system_attrs[WAS_REJECTED_ATTR]:
+        for rejected in t.system_attrs[attrs.WAS_REJECTED]:
             assert sampler.score(np.asarray(rejected)) is not None
 
 
@@ -54,11 +54,11 @@ def test_internal_study_is_rebuilt_from_storage() -> None:
     study, sampler = _study(n=12)
     trial = study.ask()
     inner, running = sampler._rebuild(study, trial._cached_frozen_trial)
-    n_rejected = sum(len(t.system_attrs[WAS_REJECTED_ATTR]) for t in study.trials[:12])
+    n_rejected = sum(len(t.system_attrs[attrs.WAS_REJECTED]) for t in study.trials[:12])
     assert len(inner.trials) == 12 + n_rejected
     assert not running
     inner_values = [t.value for t in inner.trials]
     for t in study.trials[:12]:  # each evaluated trial is told to TPE against its raw parameters
         assert t.value in inner_values
         match = next(i for i in inner.trials if i.value == t.value)
-        np.testing.assert_allclose(list(match.params.values()), t.system_attrs[WAS_PARAMS_ATTR])
+        np.testing.assert_allclose(list(match.params.values()), t.system_attrs[attrs.WAS_PARAMS])

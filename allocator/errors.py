@@ -42,6 +42,10 @@ class StorageError(SparseallocError, RuntimeError):
     """The study database cannot be opened, reached or understood."""
 
 
+class OutputError(SparseallocError, OSError):
+    """An output (an export, a report) cannot be written where it was asked for."""
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an error's message, for one-sentence reports (a driver's error wrapped by SQLAlchemy
     speaks through its ``orig``); the error's type name when the message is empty."""

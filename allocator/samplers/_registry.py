@@ -1,0 +1,132 @@
+"""The sampler registry: the one list of sampler names, each with its typed options.
+
+Every sampler module registers its factory with :func:`register_sampler`, naming a pydantic options model
+(unknown options refused, types strict), as llm-compressor's modifiers and BoTorch's acquisition input
+constructors do. A study's ``sampler.options`` are validated against that model when the study is created,
+before any model is loaded, and the sampler is then built from the validated options.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from allocator.errors import InputError
+
+if TYPE_CHECKING:
+    from optuna.samplers import BaseSampler
+
+    from allocator._constraint import ConstraintSpace
+
+
+class SamplerOptions(BaseModel):
+    """Base of every sampler's options: frozen, strict types, unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+SamplerFactory = Callable[..., "BaseSampler"]
+"""``factory(space=..., seed=..., options=...)`` builds the sampler."""
+
+
+@dataclass(frozen=True)
+class SamplerEntry:
+    """A registered sampler.
+
+    Attributes:
+        name: The name studies use.
+        factory: Builds the sampler from ``space``, ``seed`` and validated ``options``.
+        options: The options model.
+        max_trials: How many distinct proposals the sampler has (None: no limit).
+        site_split: The site split rule the sampler requires (``greedy`` is TEAL's greedy-uniform), or None.
+        summary: One line for help texts.
+    """
+
+    name: str
+    factory: SamplerFactory
+    options: type[SamplerOptions]
+    max_trials: int | None
+    site_split: str | None
+    summary: str
+
+
+_ENTRIES: dict[str, SamplerEntry] = {}
+
+
+def register_sampler(
+    name: str,
+    *,
+    options: type[SamplerOptions] | None = None,
+    max_trials: int | None = None,
+    site_split: str | None = None,
+    summary: str = "",
+) -> Callable[[SamplerFactory], SamplerFactory]:
+    """Register the decorated factory under ``name``; a name registered twice is a programming error.
+
+    ``options`` defaults to the factory's own ``Options`` attribute (a :class:`BlockSampler` subclass's).
+    """
+
+    def decorate(factory: SamplerFactory) -> SamplerFactory:
+        if name in _ENTRIES:
+            raise RuntimeError(f"A sampler named {name!r} is already registered.")
+        model = options or getattr(factory, "Options", SamplerOptions)
+        limit = max_trials if max_trials is not None else getattr(factory, "max_trials", None)
+        _ENTRIES[name] = SamplerEntry(
+            name=name, factory=factory, options=model, max_trials=limit, site_split=site_split, summary=summary
+        )
+        return factory
+
+    return decorate
+
+
+def _load() -> None:
+    import allocator.samplers  # noqa: F401  (its __init__ imports every sampler module, which registers it)
+
+
+def sampler_names() -> tuple[str, ...]:
+    """Every registered sampler name, in registration order."""
+    _load()
+    return tuple(_ENTRIES)
+
+
+def sampler_entry(name: str) -> SamplerEntry:
+    """The registered sampler ``name``; an unknown name is one sentence listing the valid ones."""
+    _load()
+    entry = _ENTRIES.get(name)
+    if entry is None:
+        raise InputError(f"Unknown sampler {name!r}; valid names are {', '.join(_ENTRIES)}.")
+    return entry
+
+
+def parse_options(name: str, options: dict[str, Any] | SamplerOptions | None = None) -> SamplerOptions:
+    """Validate ``options`` for sampler ``name``; an error is one sentence naming the option."""
+    return validate_options(sampler_entry(name).options, name, options)
+
+
+def validate_options(
+    model: type[SamplerOptions], name: str, options: dict[str, Any] | SamplerOptions | None
+) -> SamplerOptions:
+    """``options`` validated by ``model`` (the options of sampler ``name``), as one-sentence errors."""
+    if isinstance(options, model):
+        return options
+    if options is not None and not isinstance(options, dict):
+        raise InputError(f"The options of sampler {name!r} should be a mapping of option names to values.")
+    try:
+        return model.model_validate(options or {})
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = str(first["loc"][0]) if first["loc"] else name  # options are flat: the first part names the option
+        if first["type"] == "extra_forbidden":
+            valid = ", ".join(model.model_fields) or "none"
+            raise InputError(f"Unknown option `{key}` for sampler {name!r}; valid options are {valid}.") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise InputError(f"Option `{key}` of sampler {name!r}: {message}.") from None
+
+
+def create_sampler(name: str, *, space: ConstraintSpace, seed: int | None = None, **options: Any) -> BaseSampler:
+    """The sampler called ``name`` for ``space``, seeded, with its keyword ``options`` validated first."""
+    entry = sampler_entry(name)
+    return entry.factory(space=space, seed=seed, options=parse_options(name, options))

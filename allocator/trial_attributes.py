@@ -1,0 +1,159 @@
+"""Every attribute sparsealloc stores on an Optuna trial, with typed writers and readers.
+
+User attributes (what a person reading the study with Optuna or optuna-dashboard wants to see) hold the
+evaluated vector and what the evaluation measured; system attributes (``sparsealloc:`` keys) hold the
+samplers' bookkeeping. Samplers write system attributes at sampling time through
+:func:`set_system_attr`, the one place that reaches into Optuna's private storage (Optuna's public
+``Trial.set_system_attr`` is deprecated, and a ``FrozenTrial`` has no setter at all).
+
+This module imports neither torch nor botorch, so ``status``, ``list`` and ``export`` stay fast.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+# -- user attributes ----------------------------------------------------------------------------------------
+#: The block vector actually evaluated (``d`` floats; after the projection for samplers that need one).
+VECTOR = "vector"
+#: ``‖evaluated − suggested‖₂``: 0.0 when the sampler's suggestion was already on the constraint.
+PROJECTION_DISTANCE = "projection_distance"
+#: Site-weighted share of linear inputs the sparse model really zeroed on the search tokens.
+MEASURED_SPARSITY = "measured_sparsity"
+#: Site-weighted sparsity the allocation's thresholds were set for (on the calibration tokens).
+NOMINAL_SPARSITY = "model_sparsity"
+#: Mean next-token negative log-likelihood on the search tokens.
+MEAN_NLL = "mean_nll"
+#: Seconds the evaluation took.
+SECONDS = "seconds"
+#: Held-out perplexity, measured for trials that improved on the best so far (reported, never searched on).
+HELDOUT_PERPLEXITY = "heldout_perplexity"
+#: A trial that yielded because the study's last slots were taken by trials with lower numbers.
+SURPLUS = "surplus"
+
+# -- system attributes ----------------------------------------------------------------------------------------
+#: A sampler's proposal, written at sampling time so other workers see it as a pending point.
+PROPOSAL = "sparsealloc:proposal"
+#: The name of the sampler that made the proposal.
+SAMPLER = "sparsealloc:sampler"
+#: The GP hyperparameters fitted for a ``bo`` proposal (the warm start of the next fit).
+BO_GP = "sparsealloc:bo_gp"
+#: Why a ``bo`` proposal fell back to the space-filling design (the model step failed).
+BO_FALLBACK = "sparsealloc:bo_fallback"
+#: The raw WAS parameters ``r`` of the proposal ``was`` accepted.
+WAS_PARAMS = "sparsealloc:was_params"
+#: The raw WAS parameters the band rejected before the accepted one.
+WAS_REJECTED = "sparsealloc:was_rejected"
+#: Set by Optuna's retry callback on a trial that re-runs a failed one: the original trial's number.
+RETRIED_FROM = "failed_trial"
+#: Set by ``study.enqueue_trial`` (and the retry callback): the parameters the trial must evaluate.
+FIXED_PARAMS = "fixed_params"
+
+
+def set_system_attr(study: optuna.Study, trial: optuna.Trial | FrozenTrial, key: str, value: Any) -> None:
+    """Write a system attribute of ``trial`` through the study's storage (works on frozen trials too)."""
+    study._storage.set_trial_system_attr(trial._trial_id, key, value)
+
+
+# -- writers -------------------------------------------------------------------------------------------------
+def record_vector(trial: optuna.Trial, vector: Sequence[float], distance: float) -> None:
+    trial.set_user_attr(VECTOR, [float(v) for v in vector])
+    trial.set_user_attr(PROJECTION_DISTANCE, float(distance))
+
+
+def record_measurements(trial: optuna.Trial, measurements: dict[str, float]) -> None:
+    """Store what an evaluation measured (keys among this module's user-attribute names)."""
+    for key, value in measurements.items():
+        trial.set_user_attr(key, float(value))
+
+
+def mark_surplus(trial: optuna.Trial) -> None:
+    trial.set_user_attr(SURPLUS, True)
+
+
+# -- readers -------------------------------------------------------------------------------------------------
+def _block_params(params: dict[str, Any], dim: int | None) -> np.ndarray | None:
+    if dim is None:
+        dim = sum(1 for name in params if name.startswith("block_"))
+    if dim == 0:
+        return None
+    try:
+        return np.array([float(params[f"block_{b}"]) for b in range(dim)], dtype=np.float64)
+    except KeyError:
+        return None
+
+
+def _vector(raw: Any, dim: int | None) -> np.ndarray | None:
+    if raw is None:
+        return None
+    vector = np.asarray(raw, dtype=np.float64)
+    return vector if vector.ndim == 1 and (dim is None or vector.shape[0] == dim) else None
+
+
+def evaluated_vector(trial: FrozenTrial, dim: int | None = None) -> np.ndarray | None:
+    """The vector ``trial`` evaluated: its ``vector`` attribute, else its ``block_i`` params; None if neither
+    is there (or, given ``dim``, has another length)."""
+    found = _vector(trial.user_attrs.get(VECTOR), dim)
+    return found if found is not None else _block_params(trial.params, dim)
+
+
+def pending_params(trial: FrozenTrial, dim: int) -> np.ndarray | None:
+    """What storage knows of the point a RUNNING or WAITING trial will evaluate, in order of reliability: the
+    evaluated vector, the sampler's proposal, the params suggested so far (once every block is suggested),
+    the params of an enqueued trial. None if nothing is known yet."""
+    for raw in (trial.user_attrs.get(VECTOR), trial.system_attrs.get(PROPOSAL)):
+        found = _vector(raw, dim)
+        if found is not None:
+            return found
+    found = _block_params(trial.params, dim)
+    return found if found is not None else _block_params(trial.system_attrs.get(FIXED_PARAMS, {}), dim)
+
+
+def _float(trial: FrozenTrial, key: str) -> float | None:
+    value = trial.user_attrs.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def measured_sparsity(trial: FrozenTrial) -> float | None:
+    return _float(trial, MEASURED_SPARSITY)
+
+
+def heldout_perplexity(trial: FrozenTrial) -> float | None:
+    return _float(trial, HELDOUT_PERPLEXITY)
+
+
+def evaluation_seconds(trial: FrozenTrial) -> float:
+    return _float(trial, SECONDS) or 0.0
+
+
+def is_surplus(trial: FrozenTrial) -> bool:
+    return bool(trial.user_attrs.get(SURPLUS))
+
+
+def retried_from(trial: FrozenTrial) -> int | None:
+    """The number of the failed trial this one re-runs, or None."""
+    value = trial.system_attrs.get(RETRIED_FROM)
+    return int(value) if isinstance(value, int) else None
+
+
+def bo_hyperparameters(trial: FrozenTrial) -> dict[str, Any] | None:
+    value = trial.system_attrs.get(BO_GP)
+    return value if isinstance(value, dict) else None
+
+
+def was_params(trial: FrozenTrial) -> np.ndarray | None:
+    return _vector(trial.system_attrs.get(WAS_PARAMS), None)
+
+
+def was_rejected(trial: FrozenTrial) -> list[np.ndarray]:
+    return [np.asarray(raw, dtype=np.float64) for raw in trial.system_attrs.get(WAS_REJECTED, [])]

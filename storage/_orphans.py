@@ -1,0 +1,52 @@
+"""Orphaned trials: RUNNING trials that never got a heartbeat, which Optuna alone would keep forever.
+
+Optuna fails a RUNNING trial once its heartbeat is older than the grace period, but only if it has a
+heartbeat row. A worker killed between creating its trial (``study.ask()``) and its first heartbeat
+leaves a RUNNING trial with no row, and every worker would wait for it forever. The repair reuses
+Optuna's own mechanism: whoever finds such a trial records a heartbeat for it. The row is stamped by the
+database clock, so a live owner (whose heartbeat thread is about to start) simply overwrites it, and a dead
+one's trial goes stale after the grace period and is failed and re-enqueued like any other stale trial.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    import optuna
+
+
+def rdb_storage(study: optuna.Study) -> optuna.storages.RDBStorage:
+    """The RDB storage under ``study`` (Optuna wraps it in a private caching layer)."""
+    return getattr(study._storage, "_backend", study._storage)
+
+
+def unheartbeated_running_trials(storage: optuna.storages.RDBStorage, study_id: int) -> list[int]:
+    """The ids of the study's RUNNING trials that have no heartbeat row."""
+    from optuna.storages._rdb import models  # noqa: PLC2701 - the tables this repair reads are Optuna's own
+    from optuna.trial import TrialState
+
+    trials, heartbeats = models.TrialModel, models.TrialHeartbeatModel
+    query = (
+        select(trials.trial_id)
+        .outerjoin(heartbeats, heartbeats.trial_id == trials.trial_id)
+        .where(trials.study_id == study_id, trials.state == TrialState.RUNNING, heartbeats.trial_id.is_(None))
+    )
+    with Session(storage.engine) as session:
+        return list(session.scalars(query))
+
+
+def heartbeat_orphans(study: optuna.Study) -> list[int]:
+    """Record a first heartbeat (database clock) for every RUNNING trial of ``study`` that has none.
+
+    Returns the trial ids stamped. Optuna's ``fail_stale_trials`` then fails those whose owner never beats
+    again, after the storage's grace period.
+    """
+    storage = rdb_storage(study)
+    ids = unheartbeated_running_trials(storage, study._study_id)
+    for trial_id in ids:
+        storage.record_heartbeat(trial_id)  # a concurrent first heartbeat of the owner wins; both are fine
+    return ids
