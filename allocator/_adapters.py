@@ -112,10 +112,6 @@ class ModelAdapter:
     def n_blocks(self) -> int:
         return len(self.sites)
 
-    def all_sites(self) -> list[Site]:
-        """Every site, block-major, in :data:`SITE_NAMES` order within a block."""
-        return [site for block in self.sites for site in block]
-
     def site_weights(self) -> torch.Tensor:
         """A ``n_blocks x 7`` float64 tensor of site weights (``weight.numel()``)."""
         import torch

@@ -151,24 +151,8 @@ def calibrate(
     shared = score.shares_group_distribution
     # One key-count accumulator per distinct histogram: per (block, group) when shared, per site otherwise.
     accumulators: dict[tuple[int, str], torch.Tensor] = {}
-    handles = []
-    seen_groups: set[tuple[int, str]] = set()
+    handles = _install_histogram_hooks(adapter, score, accumulators)
     try:
-        for block in adapter.sites:
-            for site in block:
-                key = (site.block, site.input_group if shared else site.name)
-                if key in seen_groups:
-                    continue  # another site of this group already records the shared tensor
-                seen_groups.add(key)
-                accumulators[key] = torch.zeros(1 << 16, dtype=torch.int64)
-                norms = score.channel_norms(site.module)
-
-                def hook(module: torch.nn.Module, args: tuple[Any, ...], key=key, norms=norms) -> None:
-                    x = args[0]  # (B, T, C)
-                    values = x if norms is None else x.float() * norms.to(x.device)
-                    accumulators[key] += key_counts(values).cpu()
-
-                handles.append(site.module.register_forward_pre_hook(hook))
         started = time.perf_counter()
         device = next(model.parameters()).device
         for start in range(0, tokens.shape[0], batch_size):
@@ -193,3 +177,31 @@ def calibrate(
         seconds=seconds,
         data=dict(data or {}),
     )
+
+
+def _install_histogram_hooks(
+    adapter: ModelAdapter, score: Score, accumulators: dict[tuple[int, str], torch.Tensor]
+) -> list[Any]:
+    """Forward pre-hooks adding each distinct score distribution's key counts into ``accumulators``."""
+    shared = score.shares_group_distribution
+    handles = []
+    try:
+        for block in adapter.sites:
+            for site in block:
+                key = (site.block, site.input_group if shared else site.name)
+                if key in accumulators:
+                    continue  # another site of this group already records the shared tensor
+                accumulators[key] = torch.zeros(1 << 16, dtype=torch.int64)
+                norms = score.channel_norms(site.module)
+
+                def hook(module: torch.nn.Module, args: tuple[Any, ...], key=key, norms=norms) -> None:
+                    x = args[0]  # (B, T, C)
+                    values = x if norms is None else x.float() * norms.to(x.device)
+                    accumulators[key] += key_counts(values).cpu()
+
+                handles.append(site.module.register_forward_pre_hook(hook))
+    except BaseException:
+        for handle in handles:
+            handle.remove()
+        raise
+    return handles

@@ -203,6 +203,59 @@ def _block_output(layer: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[st
     return output.reshape(copies, batch, *output.shape[1:])  # (K, B, T, C)
 
 
+@dataclass
+class _Block:
+    """One block during the greedy search: its captured inputs, dense output and candidate sparsifiers."""
+
+    layer: torch.nn.Module
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    dense: torch.Tensor  # (B, T, C)
+    sparsifiers: _CandidateSparsifiers
+    weights: torch.Tensor  # (7,) site weights
+
+    def errors(self, candidates: torch.Tensor) -> torch.Tensor:
+        """Block-output mean squared error against the dense output of each row of a ``K x 7`` split."""
+        self.sparsifiers.set_candidates(candidates)
+        output = _block_output(self.layer, self.args, self.kwargs, candidates.shape[0])  # (K, B, T, C)
+        return (output - self.dense).pow(2).mean(dim=(1, 2, 3)).double()  # (K,)
+
+    def greedy_path(self, *, step: float, max_sparsity: float, site_max: float) -> tuple[torch.Tensor, list[float]]:
+        """TEAL's greedy path: ``n_rows x 7`` site splits from all-dense, and their errors."""
+        w, total = self.weights, self.weights.sum()
+        site_step = step * total / w  # (7,) raising site i by this raises the effective sparsity by `step`
+        current = torch.zeros(len(SITE_NAMES), dtype=torch.float64)
+        rows, errors = [current.clone()], [0.0]
+        while float((current * w).sum() / total) < max_sparsity - 1e-9:
+            open_sites = [i for i in range(len(SITE_NAMES)) if current[i] < site_max - 1e-12]
+            if not open_sites:
+                break
+            candidates = current.repeat(len(open_sites), 1)  # (K, 7)
+            for k, i in enumerate(open_sites):
+                candidates[k, i] = min(float(current[i] + site_step[i]), site_max)
+            mse = self.errors(candidates)
+            gained = (candidates * w).sum(dim=1) / total - (current * w).sum() / total  # (K,)
+            best = int(torch.argmin((mse - errors[-1]) / gained))  # least error growth per unit of sparsity
+            current = candidates[best]
+            rows.append(current.clone())
+            errors.append(float(mse[best]))
+        return torch.stack(rows), errors
+
+    def uniform_errors(self, effective: torch.Tensor) -> torch.Tensor:
+        """The uniform split's error at each effective sparsity (TEAL's "Baseline Error" column)."""
+        uniform = effective.unsqueeze(1).expand(-1, len(SITE_NAMES))
+        return torch.cat([self.errors(uniform[start : start + 8]) for start in range(0, uniform.shape[0], 8)])
+
+
+def _check_settings(step: float, max_sparsity: float, site_max: float) -> None:
+    if not 0 < step <= 0.5:
+        raise InputError(f"The value of `step` should be in (0, 0.5], got {step}.")
+    if not 0 < max_sparsity < 1:
+        raise InputError(f"The value of `max_sparsity` should be in (0, 1), got {max_sparsity}.")
+    if not max_sparsity <= site_max < 1:
+        raise InputError(f"The value of `site_max` should be in [max_sparsity, 1), got {site_max}.")
+
+
 @torch.no_grad()
 def build_greedy_table(
     adapter: ModelAdapter,
@@ -221,62 +274,29 @@ def build_greedy_table(
     effective sparsity reaches ``max_sparsity`` (each site is capped at ``site_max``). ``progress`` is
     called with 1 after each block.
     """
-    if not 0 < step <= 0.5:
-        raise InputError(f"The value of `step` should be in (0, 0.5], got {step}.")
-    if not 0 < max_sparsity < 1:
-        raise InputError(f"The value of `max_sparsity` should be in (0, 1), got {max_sparsity}.")
-    if not max_sparsity <= site_max < 1:
-        raise InputError(f"The value of `site_max` should be in [max_sparsity, 1), got {site_max}.")
+    _check_settings(step, max_sparsity, site_max)
     started = time.perf_counter()
-    model = adapter.model
-    model.eval()
+    adapter.model.eval()
     inputs = capture_block_inputs(adapter, tokens)
-    layers = adapter.layers
     weights = adapter.site_weights()  # (n_blocks, 7)
     table: dict[str, list[torch.Tensor]] = {"effective": [], "sites": [], "error": [], "baseline_error": []}
-    for b, layer in enumerate(layers):
+    for b, layer in enumerate(adapter.layers):
         args, kwargs = inputs[b]
-        w = weights[b]
-        total = w.sum()
-        site_step = step * total / w  # (7,) raising site i by this raises the effective sparsity by `step`
         dense = _block_output(layer, args, kwargs, 1)[0]  # (B, T, C), before any hook is installed
         sparsifiers = _CandidateSparsifiers(adapter, calibration, b, sparsify_fraction)
         handles = sparsifiers.install()
         try:
-            current = torch.zeros(len(SITE_NAMES), dtype=torch.float64)
-            rows, errors = [current.clone()], [0.0]
-            while float((current * w).sum() / total) < max_sparsity - 1e-9:
-                open_sites = [i for i in range(len(SITE_NAMES)) if current[i] < site_max - 1e-12]
-                if not open_sites:
-                    break
-                candidates = current.repeat(len(open_sites), 1)  # (K, 7)
-                for k, i in enumerate(open_sites):
-                    candidates[k, i] = min(float(current[i] + site_step[i]), site_max)
-                sparsifiers.set_candidates(candidates)
-                output = _block_output(layer, args, kwargs, len(open_sites))  # (K, B, T, C)
-                mse = (output - dense).pow(2).mean(dim=(1, 2, 3)).double()  # (K,)
-                gained = (candidates * w).sum(dim=1) / total - (current * w).sum() / total  # (K,)
-                best = int(torch.argmin((mse - errors[-1]) / gained))  # least error growth per unit of sparsity
-                current = candidates[best]
-                rows.append(current.clone())
-                errors.append(float(mse[best]))
-            sites = torch.stack(rows)  # (n_rows, 7)
-            effective = (sites * w).sum(dim=1) / total
-            # Baseline: the uniform split at the same effective sparsities (TEAL's "Baseline Error" column).
-            baseline = []
-            uniform = effective.unsqueeze(1).expand(-1, len(SITE_NAMES))
-            for start in range(0, uniform.shape[0], 8):
-                chunk = uniform[start : start + 8]
-                sparsifiers.set_candidates(chunk)
-                output = _block_output(layer, args, kwargs, chunk.shape[0])
-                baseline.append((output - dense).pow(2).mean(dim=(1, 2, 3)).double())
+            block = _Block(layer, args, kwargs, dense, sparsifiers, weights[b])
+            sites, errors = block.greedy_path(step=step, max_sparsity=max_sparsity, site_max=site_max)
+            effective = (sites * block.weights).sum(dim=1) / block.weights.sum()
+            baseline = block.uniform_errors(effective)
         finally:
             for handle in handles:
                 handle.remove()
         table["effective"].append(effective)
         table["sites"].append(sites)
         table["error"].append(torch.tensor(errors, dtype=torch.float64))
-        table["baseline_error"].append(torch.cat(baseline))
+        table["baseline_error"].append(baseline)
         if progress is not None:
             progress(1)
     settings = {

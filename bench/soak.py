@@ -69,22 +69,26 @@ def main() -> None:
     lines = [
         "# Fault soak",
         "",
-        f"`python bench/soak.py`: a tiny Llama study (`{args.sampler}` sampler, cheap objective); a random worker is "
-        "SIGKILLed at a random moment (every 1-6 s) and replaced, then the workers finish the study.",
+        f"`python bench/soak.py`: a tiny Llama study (`{args.sampler}` sampler, cheap objective); every 1-6 s a kill: "
+        "alternately a random worker SIGKILLed at a random moment and replaced, and a process that creates its "
+        "trial (`study.ask()`) and is SIGKILLed before its first heartbeat (a kill inside the window between "
+        "trial creation and first heartbeat); then the workers finish the study.",
         "",
-        "| backend | workers | kills survived | trials requested | finished | lost | duplicates | off constraint "
-        "| failed (killed) | retried | calibration intact | seconds | ok |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| backend | workers | kills survived | of them in the window | hangs | trials requested | finished | lost "
+        "| duplicates | off constraint | failed (killed) | retried | calibration intact | seconds | ok |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *[
-            f"| {r.backend} | {r.workers} | {r.kills} | {r.trials_requested} | {r.trials_finished} | {r.finished_lost} "
-            f"| {r.duplicates} | {r.off_constraint} | {r.failed_trials} | {r.retried_trials} "
+            f"| {r.backend} | {r.workers} | {r.kills} | {r.window_kills} | {r.hangs} | {r.trials_requested} "
+            f"| {r.trials_finished} | {r.finished_lost} | {r.duplicates} | {r.off_constraint} | {r.failed_trials} "
+            f"| {r.retried_trials} "
             f"| {'yes' if r.calibration_intact and r.calibrations == 1 else 'NO'} | {r.seconds:.0f} "
             f"| {'yes' if r.ok else 'NO'} |"
             for r in results
         ],
         "",
         "`failed (killed)`: trials left RUNNING by a kill and failed once their heartbeat went stale (a kill "
-        "that lands while a worker starts up or proposes fails no trial); `retried`: finished trials that re-ran "
+        "that lands while a worker starts up fails no trial); `hangs`: workers still running at the deadline; "
+        "`retried`: finished trials that re-ran "
         "a failed trial's vector (a re-run killed again counts twice in `failed`). `lost`: finished trials "
         "missing at the end; `duplicates`: vectors evaluated to completion twice.",
         "",

@@ -1,7 +1,7 @@
 """The study database: an engine on one URL, the schema check, our tables and Optuna's storage beside them.
 
-SQLite runs in WAL mode with a 30 s busy timeout: with Optuna's RDB storage, six processes and a 10 ms
-timeout left failed trials and trials stuck in RUNNING, while a 30 s timeout completed 150 of 150.
+SQLite runs in WAL mode with a 30 s busy timeout: with Optuna's RDB storage several processes and a short
+timeout leave failed trials and trials stuck in RUNNING (``bench/soak.py`` exercises the 30 s one).
 PostgreSQL connections are pinged before use, so a restarted server costs a reconnect, not an error.
 
 Only ``create=True`` (``study create``, the demo, library use) makes a database or its tables. Every other
@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from allocator.errors import StorageError, first_line
 from storage._leases import ArtifactClaims, proposal_lock
 from storage._tables import SCHEMA_VERSION, Base, ExportRecord, Meta, ModelRecord, StudyRecord
-from storage._url import is_sqlite, mask_url, redact, resolve_url
+from storage._url import is_sqlite, mask_url, redact, resolve_url, sqlite_path
 
 if TYPE_CHECKING:
     import optuna
@@ -70,9 +70,7 @@ class Database:
 
     # -- connection and schema ---------------------------------------------------------------------------
     def _require_sqlite_file(self) -> None:
-        from sqlalchemy.engine import make_url
-
-        path = make_url(self.url).database
+        path = sqlite_path(self.url)
         if path is None or not Path(path).is_file():
             raise StorageError(
                 f"No sparsealloc database at {path}; `sparsealloc study create` makes one, or give the study's "

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from storage._clock import as_utc, database_now
 from storage._errors import CONNECTION_ERRORS
 from storage._tables import CalibrationRecord
-from storage._url import is_sqlite
+from storage._url import is_sqlite, sqlite_path
 
 CLAIM_HEARTBEAT_S = 5.0
 CLAIM_STALE_S = 30.0
@@ -52,7 +52,7 @@ def proposal_lock(engine: Engine, study_name: str) -> Iterator[None]:
     """Hold the study's proposal lock for a short critical section (read the history, propose, publish)."""
     url = engine.url.render_as_string(hide_password=False)
     if is_sqlite(url):
-        database_file = engine.url.database
+        database_file = sqlite_path(url)
         assert database_file is not None
         with open(f"{database_file}.proposal-lock", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)

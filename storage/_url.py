@@ -91,6 +91,17 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+def sqlite_path(url: str) -> str | None:
+    """The file of a SQLite URL, also in SQLite's URI form (``sqlite:///file:study.db?mode=ro&uri=true``)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    database = parsed.database
+    if database and parsed.query.get("uri") == "true" and database.startswith("file:"):
+        database = database.removeprefix("file:")
+    return database
+
+
 def _split_query(rest: str) -> tuple[str, str]:
     base, question, query = rest.partition("?")
     return base, question + query

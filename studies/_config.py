@@ -142,7 +142,7 @@ class StudyConfig(_Strict):
     model: str = "smollm2-135m"
     data: DataConfig = DataConfig()
     sparsity: SparsityConfig
-    sampler: SamplerConfig = SamplerConfig()
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     evaluation: EvaluationConfig = EvaluationConfig()
     trials: int = Field(default=30, ge=1)
     seed: Seed = 0

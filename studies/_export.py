@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import optuna
 import torch
 
 from allocator import InputError, build_lookup, check_export_target, write_lookup, write_teal_files
@@ -39,36 +41,9 @@ def export_study(session: StudySession, out: str | Path) -> ExportResult:
     vector = torch.tensor(attrs.evaluated_vector(best, session.space.dim), dtype=torch.float64)
     sparse_model = session.sparse_model
     site_sparsities = sparse_model.site_sparsities(vector)
-    thresholds = session.calibration.thresholds(site_sparsities)
     heldout = session.objective.heldout(vector)
     site_weights = session.loaded.adapter.site_weights()
-    lookup = build_lookup(
-        model=session.loaded.identity(),
-        score=session.score,
-        sparsify_fraction=sparse_model.sparsify_fraction,
-        split=config.sparsity.split,
-        target=config.sparsity.target,
-        block_sparsities=vector,
-        site_sparsities=site_sparsities,
-        thresholds=thresholds,
-        site_weights=site_weights,
-        calibration={
-            **session.tokens.describe(),
-            "key": session.calibration_key,
-            "tokens": session.calibration.n_tokens,
-            "greedy": session.greedy.settings if session.greedy is not None else None,
-        },
-        study={
-            "name": config.name,
-            "trial": best.number,
-            "sampler": config.sampler.name,
-            "objective": "calibration perplexity",
-            "calibration_perplexity": best.value,
-            "heldout_perplexity": heldout.perplexity,
-            "measured_sparsity": attrs.measured_sparsity(best),
-            "config": config.canonical(),
-        },
-    )
+    lookup = _lookup_document(session, best, vector, site_sparsities, heldout.perplexity)
     teal = session.score.kind == "magnitude"
 
     def extra(directory: Path) -> None:
@@ -92,4 +67,42 @@ def export_study(session: StudySession, out: str | Path) -> ExportResult:
         heldout_perplexity=heldout.perplexity,
         achieved_sparsity=lookup["achieved_sparsity"],
         teal_files=teal,
+    )
+
+
+def _lookup_document(
+    session: StudySession,
+    best: optuna.trial.FrozenTrial,
+    vector: torch.Tensor,
+    site_sparsities: torch.Tensor,
+    heldout_perplexity: float,
+) -> dict[str, Any]:
+    """The lookup of ``best``'s allocation, with its calibration and study provenance."""
+    config = session.config
+    return build_lookup(
+        model=session.loaded.identity(),
+        score=session.score,
+        sparsify_fraction=session.sparse_model.sparsify_fraction,
+        split=config.sparsity.split,
+        target=config.sparsity.target,
+        block_sparsities=vector,
+        site_sparsities=site_sparsities,
+        thresholds=session.calibration.thresholds(site_sparsities),
+        site_weights=session.loaded.adapter.site_weights(),
+        calibration={
+            **session.tokens.describe(),
+            "key": session.calibration_key,
+            "tokens": session.calibration.n_tokens,
+            "greedy": session.greedy.settings if session.greedy is not None else None,
+        },
+        study={
+            "name": config.name,
+            "trial": best.number,
+            "sampler": config.sampler.name,
+            "objective": "calibration perplexity",
+            "calibration_perplexity": best.value,
+            "heldout_perplexity": heldout_perplexity,
+            "measured_sparsity": attrs.measured_sparsity(best),
+            "config": config.canonical(),
+        },
     )

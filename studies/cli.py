@@ -490,7 +490,7 @@ def study_delete(name: str, yes: bool, storage: str | None) -> None:
 
 @study.command("export")
 @click.argument("name")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Export directory.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Export directory.")
 @_storage_option
 def study_export(name: str, out: Path, storage: str | None) -> None:
     """Export the best trial of NAME as a lookup (lookup.json + TEAL files), measuring its held-out perplexity.
@@ -518,7 +518,7 @@ def study_export(name: str, out: Path, storage: str | None) -> None:
 
 @study.command("report")
 @click.argument("name")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Directory for the PNGs.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for the PNGs.")
 @_storage_option
 def study_report(name: str, out: Path, storage: str | None) -> None:
     """PNG plots of study NAME: best-so-far perplexity, best allocation by depth, sparsity vs perplexity."""

@@ -289,7 +289,7 @@ class BoSampler(BlockSampler):
 
         ``warm_start`` (hyperparameters stored with an earlier proposal of this study) starts L-BFGS-B
         there instead of at the prior's mode: the fit then converges in a few dozen iterations instead of
-        a few hundred (0.1 s instead of 2 s at n = 100, d = 30), which is most of a proposal's cost.
+        a few hundred, which is most of a proposal's cost (``bench/sampler_overhead.py`` measures both).
         """
         from botorch.fit import fit_gpytorch_mll
         from botorch.models import SingleTaskGP
@@ -435,8 +435,7 @@ class BoSampler(BlockSampler):
 @contextlib.contextmanager
 def single_threaded() -> Iterator[None]:
     """Run torch on one intra-op thread: the matrices of a proposal are small (n ≤ a few hundred), where
-    threads gain nothing, and on a busy machine spinning threads made a GP fit 10-20× slower (measured on
-    the 2-core development machine)."""
+    threads gain nothing, and on a busy machine spinning threads made a GP fit many times slower."""
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

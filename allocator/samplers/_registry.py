@@ -82,19 +82,14 @@ def register_sampler(
     return decorate
 
 
-def _load() -> None:
-    import allocator.samplers  # noqa: F401  (its __init__ imports every sampler module, which registers it)
-
-
 def sampler_names() -> tuple[str, ...]:
-    """Every registered sampler name, in registration order."""
-    _load()
+    """Every registered sampler name, in registration order (``allocator.samplers`` imports every sampler
+    module, so through the package the registry is complete)."""
     return tuple(_ENTRIES)
 
 
 def sampler_entry(name: str) -> SamplerEntry:
     """The registered sampler ``name``; an unknown name is one sentence listing the valid ones."""
-    _load()
     entry = _ENTRIES.get(name)
     if entry is None:
         raise InputError(f"Unknown sampler {name!r}; valid names are {', '.join(_ENTRIES)}.")

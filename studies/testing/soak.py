@@ -1,22 +1,31 @@
 """The fault soak: workers on one study, killed with SIGKILL at random moments and replaced.
 
-A study on a tiny model with a cheap objective runs with ``workers`` processes while the driver kills a
-random worker ``kills`` times (SIGKILL, at a random moment) and starts a new one in its place; then the
-workers finish the study. The checks: exactly the requested number of finished trials, no finished trial
-lost (every trial ever seen COMPLETE stays COMPLETE with the same value), no proposal evaluated twice (the
-COMPLETE trials' vectors are distinct), every finished trial on the constraint, and the stored calibration
-intact (one ready calibration that loads). Used by ``bench/soak.py`` and by a short test.
+A study on a tiny model with a cheap objective runs with ``workers`` processes while the driver makes
+``kills`` kills at random moments, alternating two kinds:
+
+* a random worker is SIGKILLed (mid-trial, mid-proposal, mid-calibration: wherever it is) and replaced;
+* a *window kill*: a process opens the study, creates its trial with ``study.ask()`` (the trial is RUNNING)
+  and is SIGKILLed before its first heartbeat, which is exactly the state a worker killed between creating
+  its trial and its first heartbeat leaves (Optuna alone would keep such a trial RUNNING forever).
+
+Then the workers finish the study. The checks: exactly the requested number of finished trials, no worker
+still running at the deadline (no hang), no finished trial lost (every trial ever seen COMPLETE stays
+COMPLETE with the same value), no proposal evaluated twice (the COMPLETE trials' vectors are distinct),
+every finished trial on the constraint, and the stored calibration intact (one ready calibration that
+loads). Every process the soak starts is killed when it ends, however it ends. Used by ``bench/soak.py``
+and by a short test.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +36,21 @@ from optuna.trial import TrialState
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from allocator import Calibration
-from allocator.samplers import evaluated_vector
+from allocator import Calibration, load_model
+from allocator import trial_attributes as attrs
 from storage import CalibrationRecord, Database
 
 SPARSEALLOC = str(Path(sys.executable).with_name("sparsealloc"))
+
+# A process that does what a worker does up to its trial's creation, then dies before any heartbeat.
+_ASK_AND_DIE = """
+import os, signal, sys
+import optuna
+from storage import Database
+study = optuna.load_study(study_name=sys.argv[2], storage=Database(sys.argv[1], create=False).optuna_storage)
+study.ask()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
 
 
 @dataclass(frozen=True)
@@ -39,6 +58,8 @@ class SoakResult:
     backend: str
     workers: int
     kills: int
+    window_kills: int
+    hangs: int
     trials_requested: int
     trials_finished: int
     finished_lost: int
@@ -54,6 +75,7 @@ class SoakResult:
     def ok(self) -> bool:
         return (
             self.trials_finished == self.trials_requested
+            and self.hangs == 0
             and self.finished_lost == 0
             and self.duplicates == 0
             and self.off_constraint == 0
@@ -78,10 +100,66 @@ def soak_config(model_dir: Path, *, name: str, trials: int, sampler: str) -> dic
     }
 
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    handle = log.open("a")
-    return subprocess.Popen([SPARSEALLOC, *args], env=env, stdout=handle, stderr=subprocess.STDOUT)
+@dataclass
+class _Driver:
+    """The soak's processes and what it has seen."""
+
+    url: str
+    name: str
+    log_file: Path
+    pool: list[subprocess.Popen] = field(default_factory=list)
+    others: list[subprocess.Popen] = field(default_factory=list)
+    seen_complete: dict[int, float] = field(default_factory=dict)
+
+    def spawn_worker(self) -> subprocess.Popen:
+        return self._spawn([SPARSEALLOC, "worker", self.name, "--storage", self.url])
+
+    def _spawn(self, command: list[str]) -> subprocess.Popen:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        with self.log_file.open("a") as handle:
+            return subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def observe(self) -> list[optuna.trial.FrozenTrial]:
+        trials = optuna.load_study(study_name=self.name, storage=self.url).get_trials()
+        for trial in trials:
+            if trial.state == TrialState.COMPLETE:
+                self.seen_complete.setdefault(trial.number, float(trial.value))
+        return trials
+
+    def kill_a_worker(self, rng: random.Random) -> bool:
+        alive = [p for p in self.pool if p.poll() is None]
+        if not alive:
+            return False  # the study finished before every kill was made
+        victim = rng.choice(alive)
+        _kill(victim)
+        self.pool[self.pool.index(victim)] = self.spawn_worker()
+        return True
+
+    def kill_inside_the_window(self) -> None:
+        doomed = self._spawn([sys.executable, "-c", _ASK_AND_DIE, self.url, self.name])
+        self.others.append(doomed)
+        doomed.wait(timeout=120)
+
+    def wait_for_workers(self, deadline: float) -> int:
+        """Wait for every worker to finish; returns how many were still running at ``deadline`` (hangs)."""
+        hangs = 0
+        for process in self.pool:
+            try:
+                process.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                hangs += 1
+        return hangs
+
+    def kill_all(self) -> None:
+        for process in [*self.pool, *self.others]:
+            _kill(process)
+
+
+def _kill(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def run_soak(
@@ -105,84 +183,86 @@ def run_soak(
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(soak_config(model_dir, name=name, trials=trials, sampler=sampler)))
-    worker_log = workdir / f"{name}-workers.log"
     created = subprocess.run(
         [SPARSEALLOC, "study", "create", str(config_path), "--storage", url], capture_output=True, text=True
     )
     if created.returncode != 0:
         raise RuntimeError(created.stderr)
     started = time.monotonic()
-    seen_complete: dict[int, float] = {}
+    driver = _Driver(url=url, name=name, log_file=workdir / f"{name}-workers.log")
+    counts = {"kills": 0, "window": 0}
+    try:
+        driver.pool = [driver.spawn_worker() for _ in range(workers)]
+        while counts["kills"] < kills and time.monotonic() - started < timeout_s:
+            time.sleep(rng.uniform(*gap_s))
+            driver.observe()
+            if counts["kills"] % 2 == 1:  # every other kill lands inside the ask-to-heartbeat window
+                driver.kill_inside_the_window()
+                counts["window"] += 1
+            elif not driver.kill_a_worker(rng):
+                break
+            counts["kills"] += 1
+            log(f"{backend}: kill {counts['kills']}/{kills}, {len(driver.seen_complete)} trials seen complete")
+        hangs = driver.wait_for_workers(started + timeout_s)
+    finally:
+        driver.kill_all()
+    result = _check(driver, backend=backend, workers=workers, counts=counts, hangs=hangs, trials=trials)
+    result = SoakResult(**{**asdict(result), "seconds": time.monotonic() - started})
+    log(f"{backend}: {result.as_dict()}")
+    return result
 
-    def observe() -> list[optuna.trial.FrozenTrial]:
-        trials_now = optuna.load_study(study_name=name, storage=url).get_trials()
-        for trial in trials_now:
-            if trial.state == TrialState.COMPLETE:
-                seen_complete.setdefault(trial.number, float(trial.value))
-        return trials_now
 
-    pool = [_spawn(["worker", name, "--storage", url], worker_log) for _ in range(workers)]
-    done_kills = 0
-    while done_kills < kills and time.monotonic() - started < timeout_s:
-        time.sleep(rng.uniform(*gap_s))
-        observe()
-        alive = [p for p in pool if p.poll() is None]
-        if not alive:
-            break  # the study finished before every kill was made
-        victim = rng.choice(alive)
-        victim.send_signal(signal.SIGKILL)
-        victim.wait()
-        pool[pool.index(victim)] = _spawn(["worker", name, "--storage", url], worker_log)
-        done_kills += 1
-        log(f"{backend}: kill {done_kills}/{kills}, {len(seen_complete)} trials seen complete")
-    for process in pool:
-        remaining = max(1.0, timeout_s - (time.monotonic() - started))
-        try:
-            process.wait(timeout=remaining)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    final = observe()
+def _check(
+    driver: _Driver, *, backend: str, workers: int, counts: dict[str, int], hangs: int, trials: int
+) -> SoakResult:
+    final = driver.observe()
     complete = [t for t in final if t.state == TrialState.COMPLETE]
     lost = sum(
         1
-        for number, value in seen_complete.items()
+        for number, value in driver.seen_complete.items()
         if not any(t.number == number and t.value == value for t in complete)
     )
-    vectors = [np.asarray(evaluated_vector(t)) for t in complete]
-    duplicates = len(vectors) - len({tuple(np.round(v, 12)) for v in vectors})
-    database = Database(url)
-    with Session(database.engine) as session:
-        records = list(session.scalars(select(CalibrationRecord).where(CalibrationRecord.kind == "histograms")))
-    intact = False
-    if len(records) == 1 and records[0].status == "ready" and records[0].blob:
-        try:
-            Calibration.from_bytes(records[0].blob)
-            intact = True
-        except Exception:
-            intact = False
-    weights = None
-    off_constraint = 0
-    if complete:
-        from allocator import load_model
-
-        weights = load_model(model_dir).adapter.block_weights().numpy()
-        for v in vectors:
-            if abs(float(v @ weights) / weights.sum() - 0.5) > 1e-6 or v.min() < -1e-12 or v.max() > 0.9 + 1e-12:
-                off_constraint += 1
-    result = SoakResult(
+    vectors = [np.asarray(attrs.evaluated_vector(t)) for t in complete]
+    records, intact = _stored_calibrations(driver.url)
+    return SoakResult(
         backend=backend,
         workers=workers,
-        kills=done_kills,
+        kills=counts["kills"],
+        window_kills=counts["window"],
+        hangs=hangs,
         trials_requested=trials,
         trials_finished=len(complete),
         finished_lost=lost,
-        duplicates=duplicates,
-        off_constraint=off_constraint,
+        duplicates=len(vectors) - len({tuple(np.round(v, 12)) for v in vectors}),
+        off_constraint=_off_constraint(vectors, Database(driver.url).study_config(driver.name)),
         failed_trials=sum(t.state == TrialState.FAIL for t in final),
-        retried_trials=sum(1 for t in complete if "failed_trial" in t.system_attrs),
-        calibrations=len(records),
+        retried_trials=sum(1 for t in complete if attrs.retried_from(t) is not None),
+        calibrations=records,
         calibration_intact=intact,
-        seconds=time.monotonic() - started,
+        seconds=0.0,
     )
-    log(f"{backend}: {result.as_dict()}")
-    return result
+
+
+def _stored_calibrations(url: str) -> tuple[int, bool]:
+    """How many calibrations the database holds, and whether the only one is ready and loads."""
+    with Session(Database(url).engine) as session:
+        records = list(session.scalars(select(CalibrationRecord).where(CalibrationRecord.kind == "histograms")))
+    if len(records) != 1 or records[0].status != "ready" or not records[0].blob:
+        return len(records), False
+    try:
+        Calibration.from_bytes(records[0].blob)
+    except Exception:
+        return 1, False
+    return 1, True
+
+
+def _off_constraint(vectors: list[np.ndarray], config: dict[str, Any]) -> int:
+    if not vectors:
+        return 0
+    weights = load_model(config["model"]).adapter.block_weights().numpy()
+    target, upper = config["sparsity"]["target"], config["sparsity"]["upper"]
+    return sum(
+        1
+        for v in vectors
+        if abs(float(v @ weights) / weights.sum() - target) > 1e-6 or v.min() < -1e-12 or v.max() > upper + 1e-12
+    )

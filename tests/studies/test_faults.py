@@ -18,8 +18,10 @@ from optuna.trial import TrialState
 
 from allocator import atomic_write_directory
 from allocator.samplers import evaluated_vector
+from storage import Database
 from studies.cli import cli
-from tests.studies.test_workers import SPARSEALLOC, _cli, _finish, _trials
+from tests.studies.conftest import SPARSEALLOC
+from tests.studies.test_workers import _trials
 
 
 def _restart_postgres() -> None:
@@ -30,10 +32,10 @@ def _restart_postgres() -> None:
 
 
 @pytest.mark.postgres
-def test_postgres_restart_mid_study_loses_nothing(postgres_url, write_config):
+def test_postgres_restart_mid_study_loses_nothing(postgres_url, write_config, processes):
     path = write_config(trials=8, data={"seq_len": 64, "calibration_sequences": 32})
-    _finish(_cli("study", "create", str(path), "--storage", postgres_url))
-    worker = _cli("worker", "tiny", "--storage", postgres_url)
+    processes.run("study", "create", str(path), "--storage", postgres_url)
+    worker = processes.start("worker", "tiny", "--storage", postgres_url)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         if sum(t.state == TrialState.COMPLETE for t in _trials(postgres_url)) >= 2:
@@ -41,12 +43,15 @@ def test_postgres_restart_mid_study_loses_nothing(postgres_url, write_config):
         time.sleep(0.1)
     finished_before = {t.number: t.value for t in _trials(postgres_url) if t.state == TrialState.COMPLETE}
     _restart_postgres()
-    output, _ = worker.communicate(timeout=400)
+    try:
+        output, _ = worker.communicate(timeout=400)
+    finally:
+        processes.kill_all()
     # The worker reconnects and finishes; were the server away too long it would stop with one sentence.
     assert worker.returncode in (0, 2), output
     if worker.returncode == 2:
-        assert output.strip().splitlines()[-1].startswith("error: Lost the database"), output
-    _finish(_cli("study", "resume", "tiny", "--storage", postgres_url))
+        assert output.strip().splitlines()[-1].startswith("error: The database"), output
+    processes.run("study", "resume", "tiny", "--storage", postgres_url)
     trials = _trials(postgres_url)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 8
@@ -83,9 +88,11 @@ def test_a_killed_export_leaves_the_old_or_the_new_directory(tmp_path, delay):
     target = tmp_path / "export"
     atomic_write_directory(target, lambda d: [(d / f"part-{i}.txt").write_text("old") for i in range(50)])
     process = subprocess.Popen([sys.executable, "-c", _SLOW_FILL, str(target), "new"])
-    time.sleep(delay + 0.5)  # ~0.5 s of interpreter start, then about 1 s of writing
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    try:
+        time.sleep(delay + 0.5)  # ~0.5 s of interpreter start, then about 1 s of writing
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
     assert _complete_export(target) in ("old", "new")
 
 
@@ -114,10 +121,14 @@ def test_files_follow_the_umask(tmp_path):
 
 
 @pytest.mark.postgres
-def test_passwords_never_appear_in_any_output(postgres_url, write_config, tmp_path):
+@pytest.mark.parametrize(
+    ("form", "secret"),
+    [("credentials", "s3cr3t-Passw0rd"), ("query", "s3cr3t-Passw0rd"), ("raw @", "s3cr@t-Passw0rd")],
+)
+def test_passwords_never_appear_in_any_output(postgres_url, write_config, tmp_path, form, secret):
     # The server trusts local connections, so any password works: give one and look for it everywhere.
-    secret = "s3cr3t-Passw0rd"
-    url = postgres_url.replace("root@", f"root:{secret}@")
+    in_query = f"{postgres_url}?password={secret}"
+    url = in_query if form == "query" else postgres_url.replace("root@", f"root:{secret}@")
     path = write_config(trials=2)
     outputs = []
     for args in (
@@ -137,7 +148,8 @@ def test_passwords_never_appear_in_any_output(postgres_url, write_config, tmp_pa
     )
     outputs += [logs.stdout, logs.stderr]
     exported = (tmp_path / "out" / "lookup.json").read_text()
-    assert all(secret not in text for text in [*outputs, exported])
+    fragments = {secret, *secret.split("@")} - {""}  # not even part of it (a raw @ once leaked the tail)
+    assert all(fragment not in text for fragment in fragments for text in [*outputs, exported])
     assert "***" in outputs[2]  # status shows the masked URL
-    stored = optuna.load_study(study_name="tiny", storage=url)
+    stored = optuna.load_study(study_name="tiny", storage=Database(url, create=False).optuna_storage)
     assert secret not in json.dumps(stored.user_attrs) + json.dumps([t.user_attrs for t in stored.trials])

@@ -27,5 +27,5 @@ def test_short_soak_loses_and_repeats_nothing(request, tmp_path, backend, worker
         timeout_s=600,
         log=lambda line: None,
     )
-    assert result.kills == 3
+    assert result.kills == 3 and result.window_kills == 1
     assert result.ok, result.as_dict()

@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import optuna
@@ -15,20 +13,6 @@ import pytest
 from optuna.trial import TrialState
 
 from allocator.samplers import evaluated_vector
-
-# The console script of the interpreter running the tests (its virtual environment need not be on PATH).
-SPARSEALLOC = str(Path(sys.executable).with_name("sparsealloc"))
-
-
-def _cli(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([SPARSEALLOC, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _finish(process: subprocess.Popen, timeout: float = 300) -> str:
-    output, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, output
-    return output
 
 
 def _trials(url: str, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
@@ -64,16 +48,16 @@ def _kill_inside_a_trial(process: subprocess.Popen, url: str, after: int) -> opt
     return None
 
 
-def test_sigkill_mid_trial_then_resume_loses_and_repeats_nothing(storage_url, write_config):
+def test_sigkill_mid_trial_then_resume_loses_and_repeats_nothing(storage_url, write_config, processes):
     path = write_config(trials=6, data={"seq_len": 64, "calibration_sequences": 48})
-    _finish(_cli("study", "create", str(path), "--storage", storage_url))
-    run = _cli("study", "run", "tiny", "--storage", storage_url)
+    processes.run("study", "create", str(path), "--storage", storage_url)
+    run = processes.start("study", "run", "tiny", "--storage", storage_url)
     victim = _kill_inside_a_trial(run, storage_url, after=2)
     assert victim is not None, run.communicate()[0]
     run.wait()
     finished_before = {t.number: t.value for t in _trials(storage_url) if t.state == TrialState.COMPLETE}
 
-    _finish(_cli("study", "resume", "tiny", "--storage", storage_url))
+    processes.run("study", "resume", "tiny", "--storage", storage_url)
     trials = _trials(storage_url)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 6
@@ -89,12 +73,12 @@ def test_sigkill_mid_trial_then_resume_loses_and_repeats_nothing(storage_url, wr
     ("backend", "workers", "sampler"),
     [("sqlite", 2, "random"), pytest.param("postgres", 3, "bo", marks=pytest.mark.postgres)],
 )
-def test_workers_complete_one_study_without_duplicates(request, backend, workers, sampler, write_config):
+def test_workers_complete_one_study_without_duplicates(request, backend, workers, sampler, write_config, processes):
     url = request.getfixturevalue(f"{backend}_url")
     path = write_config(trials=10, sampler={"name": sampler})
-    _finish(_cli("study", "create", str(path), "--storage", url))
-    processes = [_cli("worker", "tiny", "--storage", url) for _ in range(workers)]
-    outputs = [_finish(process) for process in processes]
+    processes.run("study", "create", str(path), "--storage", url)
+    started = [processes.start("worker", "tiny", "--storage", url) for _ in range(workers)]
+    outputs = [processes.finish(process) for process in started]
     trials = _trials(url)
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 10, outputs
     assert not [t for t in trials if t.state == TrialState.FAIL]
