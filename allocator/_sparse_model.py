@@ -97,16 +97,36 @@ class SparseModel:
         sites = self.site_sparsities(allocation)
         return float((sites * self._site_weights).sum() / self._site_weights.sum())
 
-    def set_allocation(self, allocation: Sequence[float] | torch.Tensor | float) -> torch.Tensor:
-        """Set thresholds for ``allocation``; returns the per-site sparsities."""
+    def set_allocation(
+        self,
+        allocation: Sequence[float] | torch.Tensor | float,
+        *,
+        rule: str = "threshold",
+        thresholds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Set the sparsifiers for ``allocation``; returns the per-site sparsities.
+
+        ``rule`` (see :data:`allocator.RULES`): ``threshold`` uses ``thresholds`` (a ``n_blocks x 7`` tensor,
+        e.g. from :func:`allocator.calibrate_thresholds`), by default the dense calibration's inverse CDF;
+        ``quantile`` and ``topk`` zero exactly each site's share of the inputs of every forward pass.
+        """
         sites = self.site_sparsities(allocation)
-        self.sparsifiers.set_thresholds(self.calibration.thresholds(sites))
+        if rule == "threshold":
+            self.sparsifiers.set_thresholds(self.calibration.thresholds(sites) if thresholds is None else thresholds)
+        else:
+            self.sparsifiers.set_targets(sites, rule=rule)
         return sites
 
     @contextmanager
-    def applied(self, allocation: Sequence[float] | torch.Tensor | float) -> Iterator[SparseModel]:
+    def applied(
+        self,
+        allocation: Sequence[float] | torch.Tensor | float,
+        *,
+        rule: str = "threshold",
+        thresholds: torch.Tensor | None = None,
+    ) -> Iterator[SparseModel]:
         """Run the model sparsified at ``allocation`` inside the block; counts start from zero."""
-        self.set_allocation(allocation)
+        self.set_allocation(allocation, rule=rule, thresholds=thresholds)
         self.sparsifiers.reset_counts()
         with self.sparsifiers:
             yield self

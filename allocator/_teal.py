@@ -3,15 +3,31 @@
 Layout, under the export directory:
 
 - ``histograms/layer-{i}/self_attn/histograms.pt`` and ``.../mlp/histograms.pt``: ``torch.save`` of
-  ``{'h1': counts, 'h1_centers': centers, 'h2': counts, 'h2_centers': centers}`` (float32, signed values,
-  increasing bin centers). Attention: h1 = the q/k/v input, h2 = the o input; MLP: h1 = the gate/up
-  input, h2 = the down input. Our bins are log-spaced (128 per octave); TEAL's ``Distribution``
-  interpolates between bin centers, so any increasing centers work.
+  ``{'h1': counts, 'h1_centers': centers, 'h2': counts, 'h2_centers': centers}`` (increasing float32
+  centers, float64 counts). Attention: h1 = the q/k/v input, h2 = the o input; MLP: h1 = the gate/up
+  input, h2 = the down input.
 - ``lookup/layer-{i}/results.csv`` with header
   ``Effective Sparsity,Activation Error,Baseline Error,q,k,v,o,gate,up,down``: rows of per-site sparsity
   fractions, increasing. TEAL/WAS pick, per layer, the row whose Effective Sparsity is nearest the block's
   target; each layer's file includes a row at exactly the exported block sparsity, so that pick is exact.
 - ``block_sparsities.json``: the per-block vector to give those loaders.
+
+The histograms are not the signed distribution but the symmetrised distribution of |x|, built so that TEAL's
+own reading code returns our threshold. TEAL's ``Distribution`` takes ``cumsum(counts)`` as the CDF *at* each
+center, interpolates linearly between centers, and thresholds a site at ``icdf(0.5 + s/2)``: right only for a
+symmetric, zero-mean distribution, and some inputs are not (``o`` is mostly positive: through its signed
+histogram TEAL set SmolLM2's layer-7 ``o`` threshold at 0.0585 where ours is 0.0749). Our threshold t solves
+P(|x| <= t) = s with the magnitude CDF linear inside each log-spaced bin, i.e. through the points
+(e_j, share of |x| below e_j). So the magnitude bin [e_j, e_{j+1}) with count c_j becomes two points carrying
+c_j / 2 each, one at +e_{j+1} and one at -e_j: every bin of the mirrored signed distribution puts its mass at
+its right-hand edge, and zero-count points at -e_k (the outermost edge) and +e_0 (unless e_0 = 0, where -e_0 is
+that point) close the curve. The exported CDF at +t is then 1/2 + P(|x| <= t)/2 with the same linear pieces as
+ours, and TEAL's icdf(1/2 + s/2) is our threshold up to float rounding (the same mirror at bin centers, as TEAL
+writes its own files, reads back up to 0.4% off). Counts are float64 so that TEAL's ``cumsum`` of a real
+calibration's counts (hundreds of millions per site) stays exact; bin edges are bfloat16 values, so float32
+centers are exact.
+Nothing here depends on how the histograms were measured: whatever :class:`~allocator.ScoreHistogram` objects
+the calibration holds are exported.
 
 Only the ``magnitude`` score has TEAL's meaning (TEAL thresholds |x| through the signed histogram);
 weight-aware calibrations are exported as lookup.json only.
@@ -28,6 +44,7 @@ import torch
 from allocator._adapters import INPUT_GROUPS, SITE_NAMES
 from allocator._calibration import Calibration
 from allocator._greedy import GreedyTable
+from allocator._histogram import ScoreHistogram
 
 CSV_HEADER = ("Effective Sparsity", "Activation Error", "Baseline Error", *SITE_NAMES)
 _GROUP_FILES = {
@@ -60,9 +77,9 @@ def write_teal_files(
             group_file, key = _GROUP_FILES[INPUT_GROUPS[name]]
             if key in files[group_file]:
                 continue
-            counts, centers = calibration.histograms[b][position].signed()
-            files[group_file][key] = counts.to(torch.float32)
-            files[group_file][f"{key}_centers"] = centers.to(torch.float32)
+            counts, centers = _symmetrised(calibration.histograms[b][position])
+            files[group_file][key] = counts
+            files[group_file][f"{key}_centers"] = centers
         for group_file, tensors in files.items():
             path = directory / "histograms" / f"layer-{b}" / group_file
             path.mkdir(parents=True, exist_ok=True)
@@ -75,6 +92,28 @@ def write_teal_files(
             writer.writerow(CSV_HEADER)
             writer.writerows(rows)
     (directory / "block_sparsities.json").write_text(json.dumps([float(s) for s in block_sparsities]) + "\n")
+
+
+def _symmetrised(hist: ScoreHistogram) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(counts, centers)``: float64 counts and increasing float32 centers of the mirrored histogram of |x|.
+
+    TEAL's CDF at point i is the sum of counts up to and including i, so every point carries the mass that
+    ends there (see the module docstring). For ``k`` magnitude bins with edges ``e_0 < ... < e_k``:
+    ``-e_k, -e_{k-1}, ..., -e_0`` carry ``0, c_{k-1} / 2, ..., c_0 / 2`` and ``(+e_0,) +e_1, ..., +e_k`` carry
+    ``(0,) c_0 / 2, ..., c_{k-1} / 2``: ``2k + 2`` points, or ``2k + 1`` when ``e_0 = 0``.
+    """
+    counts = hist.magnitude_counts().to(torch.float64) / 2  # halves of integers below 2**53: exact
+    if counts.numel() == 0:
+        return counts, torch.zeros(0, dtype=torch.float32)
+    edges = hist.magnitude_edges().clamp(max=torch.finfo(torch.float32).max)  # the edge above the top finite bin
+    zero = torch.zeros(1, dtype=torch.float64)
+    negative_centers, negative_counts = -edges.flip(0), torch.cat([zero, counts.flip(0)])
+    if edges[0] > 0:
+        positive_centers, positive_counts = edges, torch.cat([zero, counts])
+    else:  # -e_0 = +e_0 = 0 is already the last negative point
+        positive_centers, positive_counts = edges[1:], counts
+    centers = torch.cat([negative_centers, positive_centers]).to(torch.float32)
+    return torch.cat([negative_counts, positive_counts]), centers
 
 
 def _layer_rows(

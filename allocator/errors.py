@@ -42,6 +42,10 @@ class StorageError(SparseallocError, RuntimeError):
     """The study database cannot be opened, reached or understood."""
 
 
+class NNCFNotInstalledError(SparseallocError, ImportError):
+    """The optional ``nncf`` package is needed (``pip install sparsealloc[nncf]``) and not installed."""
+
+
 class OutputError(SparseallocError, OSError):
     """An output (an export, a report) cannot be written where it was asked for."""
 

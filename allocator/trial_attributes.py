@@ -34,8 +34,25 @@ NOMINAL_SPARSITY = "model_sparsity"
 MEAN_NLL = "mean_nll"
 #: Seconds the evaluation took.
 SECONDS = "seconds"
-#: Held-out perplexity, measured for trials that improved on the best so far (reported, never searched on).
+#: Mean per-token KL to the dense model on the screen (the search's first rung).
+KL = "kl"
+#: Perplexity on the screen.
+PERPLEXITY = "perplexity"
+#: The largest |measured − target| sparsity of any site on the screen.
+SITE_SPARSITY_ERROR = "site_sparsity_error"
+#: The objective's value at each rung the trial reached (cumulative means: rung r covers rungs 0..r).
+RUNG_VALUES = "rung_values"
+#: The objective over each rung's own sequences (not cumulative), and how many sequences each rung has.
+RUNG_OWN_VALUES = "rung_own_values"
+RUNG_SIZES = "rung_sizes"
+#: Per-sequence KL and NLL over every sequence the trial evaluated, in rung order.
+SEQUENCE_KL = "sequence_kl"
+SEQUENCE_NLL = "sequence_nll"
+#: Forward tokens the trial's evaluations used (screen and promotions): what a budget counts.
+TOKENS = "tokens"
+#: Held-out perplexity and KL, measured for trials that improved on the best so far (reported, never searched on).
 HELDOUT_PERPLEXITY = "heldout_perplexity"
+HELDOUT_KL = "heldout_kl"
 #: A trial that yielded because the study's last slots were taken by trials with lower numbers.
 SURPLUS = "surplus"
 
@@ -52,6 +69,11 @@ BO_FALLBACK = "sparsealloc:bo_fallback"
 WAS_PARAMS = "sparsealloc:was_params"
 #: The raw WAS parameters the band rejected before the accepted one.
 WAS_REJECTED = "sparsealloc:was_rejected"
+#: A staged selection the runner performs instead of one evaluation (EvoPress's reference form):
+#: ``{"candidates": [parent, offspring...], "stages": [[sequences, survivors], ...]}``.
+SELECTION_PLAN = "sparsealloc:selection_plan"
+#: The selection's record: per stage, the candidates evaluated (by index) and their values.
+SELECTION = "selection"
 #: Set by Optuna's retry callback on a trial that re-runs a failed one: the original trial's number.
 RETRIED_FROM = "failed_trial"
 #: Set by ``study.enqueue_trial`` (and the retry callback): the parameters the trial must evaluate.
@@ -69,10 +91,10 @@ def record_vector(trial: optuna.Trial, vector: Sequence[float], distance: float)
     trial.set_user_attr(PROJECTION_DISTANCE, float(distance))
 
 
-def record_measurements(trial: optuna.Trial, measurements: dict[str, float]) -> None:
-    """Store what an evaluation measured (keys among this module's user-attribute names)."""
+def record_measurements(trial: optuna.Trial, measurements: dict[str, Any]) -> None:
+    """Store what an evaluation measured (keys among this module's user-attribute names; numbers or lists)."""
     for key, value in measurements.items():
-        trial.set_user_attr(key, float(value))
+        trial.set_user_attr(key, [float(v) for v in value] if isinstance(value, list | tuple) else float(value))
 
 
 def mark_surplus(trial: optuna.Trial) -> None:
@@ -132,6 +154,48 @@ def heldout_perplexity(trial: FrozenTrial) -> float | None:
     return _float(trial, HELDOUT_PERPLEXITY)
 
 
+def heldout_kl(trial: FrozenTrial) -> float | None:
+    return _float(trial, HELDOUT_KL)
+
+
+def kl(trial: FrozenTrial) -> float | None:
+    return _float(trial, KL)
+
+
+def perplexity(trial: FrozenTrial) -> float | None:
+    return _float(trial, PERPLEXITY)
+
+
+def tokens_used(trial: FrozenTrial) -> int:
+    return int(_float(trial, TOKENS) or 0)
+
+
+def rung_values(trial: FrozenTrial) -> list[float]:
+    """The objective at each rung the trial reached (rung 0 first), cumulative over the rungs below."""
+    return _floats(trial, RUNG_VALUES)
+
+
+def rung_own_values(trial: FrozenTrial) -> list[float]:
+    """The objective over each rung's own sequences (rung 0 first)."""
+    return _floats(trial, RUNG_OWN_VALUES)
+
+
+def rung_sizes(trial: FrozenTrial) -> list[int]:
+    return [int(v) for v in _floats(trial, RUNG_SIZES)]
+
+
+def sequence_values(trial: FrozenTrial, key: str = SEQUENCE_KL) -> list[float]:
+    """Per-sequence values (``SEQUENCE_KL`` or ``SEQUENCE_NLL``) over every sequence evaluated, in rung order."""
+    return _floats(trial, key)
+
+
+def _floats(trial: FrozenTrial, key: str) -> list[float]:
+    value = trial.user_attrs.get(key)
+    if not isinstance(value, list):
+        return []
+    return [float(v) for v in value if isinstance(v, int | float) and not isinstance(v, bool)]
+
+
 def evaluation_seconds(trial: FrozenTrial) -> float:
     return _float(trial, SECONDS) or 0.0
 
@@ -149,6 +213,13 @@ def retried_from(trial: FrozenTrial) -> int | None:
 def bo_hyperparameters(trial: FrozenTrial) -> dict[str, Any] | None:
     value = trial.system_attrs.get(BO_GP)
     return value if isinstance(value, dict) else None
+
+
+def selection_plan(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> dict[str, Any] | None:
+    """The staged selection a sampler planned for ``trial`` (read from storage: it was written at sampling
+    time, after the objective's own view of the trial was taken)."""
+    plan = study._storage.get_trial_system_attrs(trial._trial_id).get(SELECTION_PLAN)
+    return plan if isinstance(plan, dict) else None
 
 
 def was_params(trial: FrozenTrial) -> np.ndarray | None:

@@ -14,9 +14,10 @@ Example (every key but ``name`` and ``sparsity.target`` has a default)::
 
     name: smollm2-bo-50
     model: smollm2-135m
-    data: {calibration: pydoc, seq_len: 256, calibration_sequences: 16, heldout_sequences: 16}
+    data: {source: pydoc, seq_len: 256, calibration_sequences: 16, search_sequences: 64}
     sparsity: {target: 0.5, lower: 0.0, upper: 0.9, score: magnitude, split: uniform}
     sampler: {name: bo, options: {}}
+    search: {objective: kl, screen_sequences: 4, promote_sequences: [8], budget_tokens: null}
     trials: 30
     seed: 0
 """
@@ -54,24 +55,51 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    """Where calibration and held-out tokens come from."""
+    """Where the tokens of the four data roles come from (never two roles on one document)."""
 
-    calibration: str = "pydoc"
+    source: str = "pydoc"
     heldout: str | None = Field(
-        default=None, description="Held-out source; by default a part of `calibration` no calibration sequence shares."
+        default=None, description="Held-out source; by default documents of `source` no other role uses."
     )
+    ood: str | None = Field(default=None, description="A second, out-of-domain held-out source (reported only).")
     text_field: str = "text"
     seq_len: int = Field(default=256, ge=2)
-    calibration_sequences: int = Field(default=16, ge=1)
-    heldout_sequences: int = Field(default=16, ge=1)
+    calibration_sequences: int = Field(default=64, ge=1, description="Thresholds and greedy split tables.")
+    search_sequences: int = Field(default=256, ge=1, description="The pool the search evaluates on.")
+    validation_sequences: int = Field(default=16, ge=1, description="Chooses the exported trial.")
+    heldout_sequences: int = Field(default=16, ge=1, description="Reported, never used to choose.")
+    ood_sequences: int = Field(default=16, ge=1)
     seed: Seed = 0
+
+
+class SearchConfig(_Strict):
+    """What the search minimises, on which tokens, and how much it may spend.
+
+    Every trial is screened on the first ``screen_sequences`` of the (seeded) search pool, common to all
+    trials, so their values compare without noise from the choice of text. A trial whose screen value is
+    among the best ``1/promote_ratio`` of the trials screened so far is promoted to the next rung: the next
+    ``promote_sequences[0]`` sequences of the pool, fresh and common to every trial promoted there; and so on.
+    The exported trial is chosen among the best-promoted ones by validation KL.
+    """
+
+    objective: Literal["kl", "perplexity"] = "kl"
+    reference_top_k: int = Field(default=64, ge=1, description="Top tokens kept of each dense distribution.")
+    rule: Literal["quantile", "topk", "threshold"] = Field(
+        default="quantile",
+        description="quantile: every trial runs at exactly its target sparsity; threshold: dense thresholds.",
+    )
+    screen_sequences: int = Field(default=4, ge=1)
+    promote_sequences: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [8])
+    promote_ratio: float = Field(default=3.0, gt=1.0, allow_inf_nan=False)
+    budget_tokens: int | None = Field(default=None, ge=1, description="Forward tokens the search may use.")
+    validation_candidates: int = Field(default=3, ge=1)
 
 
 class GreedyConfig(_Strict):
     """Settings of the greedy split tables (built once per calibration)."""
 
     step: float = Field(default=0.025, gt=0, le=0.5, allow_inf_nan=False)
-    sequences: int = Field(default=1, ge=1, description="Calibration sequences whose block inputs score the splits.")
+    sequences: int = Field(default=4, ge=1, description="Calibration sequences whose block inputs score the splits.")
 
 
 class SparsityConfig(_Strict):
@@ -133,7 +161,7 @@ class SamplerConfig(_Strict):
 class EvaluationConfig(_Strict):
     batch_size: int = Field(default=8, ge=1)
     heldout: Literal["best", "none"] = Field(
-        default="best", description="Measure held-out perplexity of each trial that improves on the best so far."
+        default="best", description="Report held-out figures of each trial that improves on the best so far."
     )
 
 
@@ -143,9 +171,20 @@ class StudyConfig(_Strict):
     data: DataConfig = DataConfig()
     sparsity: SparsityConfig
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    search: SearchConfig = SearchConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     trials: int = Field(default=30, ge=1)
     seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _pool_holds_the_rungs(self) -> StudyConfig:
+        needed = self.search.screen_sequences + sum(self.search.promote_sequences)
+        if needed > self.data.search_sequences:
+            raise ValueError(
+                f"the screen and promotion rungs need {needed} search sequences but `data.search_sequences` "
+                f"is {self.data.search_sequences}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _sampler_gets_its_split(self, info: ValidationInfo) -> StudyConfig:

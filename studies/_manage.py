@@ -25,7 +25,7 @@ def check_study(config: StudyConfig) -> int:
     range is checked exactly here; the first worker checks it again with the weights it reads.
     """
     n_blocks = check_model_source(config.model)
-    for source in (config.data.calibration, config.data.heldout):
+    for source in (config.data.source, config.data.heldout, config.data.ood):
         if source is not None:
             check_text_source(source)
     sparsity = config.sparsity
@@ -46,7 +46,7 @@ def create_study(database: Database, config: StudyConfig) -> bool:
     study = optuna.create_study(
         study_name=config.name, storage=database.optuna_storage, direction="minimize", load_if_exists=True
     )
-    study.set_metric_names(["perplexity"])
+    study.set_metric_names([config.search.objective])
     return created
 
 
@@ -85,6 +85,7 @@ class StudySummary:
     name: str
     sampler: str
     split: str
+    objective: str
     target_sparsity: float
     trials: int
     complete: int
@@ -93,6 +94,8 @@ class StudySummary:
     failed: int
     pruned: int
     best_trial: int | None
+    best_value: float | None
+    best_kl: float | None
     best_perplexity: float | None
     best_heldout_perplexity: float | None
     best_measured_sparsity: float | None
@@ -116,6 +119,7 @@ def summarize(database: Database, name: str) -> StudySummary:
         name=name,
         sampler=config.sampler.name,
         split=config.sparsity.split,
+        objective=config.search.objective,
         target_sparsity=config.sparsity.target,
         trials=config.trials,
         complete=count[TrialState.COMPLETE],
@@ -124,7 +128,9 @@ def summarize(database: Database, name: str) -> StudySummary:
         failed=count[TrialState.FAIL],
         pruned=sum(1 for t in trials if t.state == TrialState.PRUNED and not attrs.is_surplus(t)),
         best_trial=best.number if best is not None else None,
-        best_perplexity=best.value if best is not None else None,
+        best_value=best.value if best is not None else None,
+        best_kl=attrs.kl(best) if best is not None else None,
+        best_perplexity=attrs.perplexity(best) if best is not None else None,
         best_heldout_perplexity=attrs.heldout_perplexity(best) if best is not None else None,
         best_measured_sparsity=attrs.measured_sparsity(best) if best is not None else None,
         best_vector=tuple(float(x) for x in vector) if vector is not None else None,

@@ -46,13 +46,21 @@ def _write_plots(plt: Any, config: Any, study: optuna.Study, complete: list[Any]
         numbers = [t.number for t in complete]
         values = np.array([t.value for t in complete])
         axis.plot(numbers, values, "o", alpha=0.35, label="trial")
-        axis.step(numbers, np.minimum.accumulate(values), where="post", label="best so far (calibration)")
-        heldout = [(t.number, attrs.heldout_perplexity(t)) for t in complete if attrs.heldout_perplexity(t)]
+        axis.step(
+            numbers,
+            np.minimum.accumulate(values),
+            where="post",
+            label=f"best so far (search {config.search.objective})",
+        )
+        if config.search.objective == "perplexity":
+            heldout = [(t.number, attrs.heldout_perplexity(t)) for t in complete if attrs.heldout_perplexity(t)]
+        else:
+            heldout = [(t.number, attrs.heldout_kl(t)) for t in complete if attrs.heldout_kl(t)]
         if heldout:
-            axis.plot(*zip(*heldout, strict=True), "s", label="held-out of a new best")
+            axis.plot(*zip(*heldout, strict=True), "s", label="held-out of a new best (reported only)")
         axis.set_yscale("log")
     axis.set_xlabel("trial")
-    axis.set_ylabel("perplexity")
+    axis.set_ylabel(config.search.objective)
     axis.set_title(f"{name}: {config.sampler.name}, target {config.sparsity.target:.0%}")
     axis.legend()
     figure.tight_layout()
@@ -65,7 +73,7 @@ def _write_plots(plt: Any, config: Any, study: optuna.Study, complete: list[Any]
     if best is not None:
         vector = attrs.evaluated_vector(best)
         blocks = np.arange(len(vector))
-        axis.bar(blocks, vector, label=f"best trial {best.number} (ppl {best.value:.2f})")
+        axis.bar(blocks, vector, label=f"best trial {best.number} ({config.search.objective} {best.value:.4g})")
         axis.axhline(config.sparsity.target, color="black", linestyle="--", label="uniform")
     axis.set_xlabel("block (depth)")
     axis.set_ylabel("sparsity")
@@ -82,13 +90,13 @@ def _write_plots(plt: Any, config: Any, study: optuna.Study, complete: list[Any]
     if points:
         axis.scatter(*zip(*points, strict=True), alpha=0.6)
         axis.set_yscale("log")
-    axis.axvline(config.sparsity.target, color="black", linestyle="--", label="target (nominal)")
-    axis.set_xlabel("measured model-level sparsity")
-    axis.set_ylabel("calibration perplexity")
+    axis.axvline(config.sparsity.target, color="black", linestyle="--", label="target")
+    axis.set_xlabel("measured model-level sparsity (search screen)")
+    axis.set_ylabel(f"search {config.search.objective}")
     axis.set_title("every trial")
     axis.legend()
     figure.tight_layout()
-    written.append(out / "sparsity_vs_perplexity.png")
+    written.append(out / "sparsity_vs_objective.png")
     figure.savefig(written[-1], dpi=120)
     plt.close(figure)
     return written

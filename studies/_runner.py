@@ -25,6 +25,7 @@ error (a read-only file, a full disk, a corrupt file) ends the run at once with 
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 import warnings
@@ -33,7 +34,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from allocator import trial_attributes as attrs
@@ -105,7 +108,13 @@ def count_states(study: optuna.Study) -> dict[TrialState, int]:
 
 
 class TrialObjective:
-    """The objective of one trial: evaluate the proposed vector, record what was measured.
+    """The objective of one trial: screen the proposed vector, promote it to more sequences if it is among the
+    best, record what was measured; the value returned to Optuna is the screen's (comparable across trials).
+
+    Rung ``r`` covers the pool's first ``r + 1`` rungs of sequences (:meth:`StudySession.rungs`); a trial
+    whose rung-``r`` value ranks among the best ``max(1, n // promote_ratio)`` of the ``n`` trials with a
+    rung-``r`` value (itself included) is evaluated on rung ``r + 1`` too: successive halving, decided when
+    the trial runs, as asynchronous workers need.
 
     ``running`` holds the number of the trial being evaluated (None between trials), so the loop can
     re-enqueue it when the worker is interrupted or loses the database.
@@ -117,13 +126,90 @@ class TrialObjective:
         self.target = target
         self.reporter = reporter
         self.running: int | None = None
+        self.rungs = session.rungs()
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.running = trial.number
         self._yield_if_surplus(trial)
         session = self.session
         vector = suggest_allocation(trial, session.space)
-        advance = self.reporter.trial_started(trial.number, session.tokens.calibration.shape[0])
+        plan = attrs.selection_plan(self.study, trial)
+        if plan is not None:
+            return self._select(trial, plan)
+        search = session.config.search
+        screen = self._evaluate(trial.number, vector, self.rungs[0])
+        kl, nll = list(screen.sequence_kl), list(screen.sequence_nll)
+        values = [_mean_value(search.objective, kl, nll)]
+        own, sizes = list(values), [len(nll)]
+        for rung in self.rungs[1:]:
+            if not self._promoted(len(values) - 1, values[-1]):
+                break
+            more = self._evaluate(trial.number, vector, rung)
+            kl, nll = kl + list(more.sequence_kl), nll + list(more.sequence_nll)
+            values.append(_mean_value(search.objective, kl, nll))
+            own.append(_mean_value(search.objective, list(more.sequence_kl), list(more.sequence_nll)))
+            sizes.append(len(more.sequence_nll))
+        target = session.sparse_model.site_sparsities(vector)
+        attrs.record_measurements(
+            trial,
+            {
+                attrs.KL: screen.kl,
+                attrs.PERPLEXITY: screen.perplexity,
+                attrs.MEASURED_SPARSITY: screen.measured_sparsity,
+                attrs.SITE_SPARSITY_ERROR: float((torch.tensor(screen.site_sparsity) - target).abs().max()),
+                attrs.NOMINAL_SPARSITY: session.sparse_model.model_sparsity(vector),
+                attrs.MEAN_NLL: screen.mean_nll,
+                attrs.RUNG_VALUES: values,
+                attrs.RUNG_OWN_VALUES: own,
+                attrs.RUNG_SIZES: sizes,
+                attrs.SEQUENCE_KL: kl,
+                attrs.SEQUENCE_NLL: nll,
+                attrs.TOKENS: len(nll) * session.tokens.seq_len,
+                attrs.SECONDS: screen.seconds,
+            },
+        )
+        if session.config.evaluation.heldout == "best" and self._is_new_best(values[0]):
+            heldout = session.evaluate(vector, "heldout")
+            measured = {attrs.HELDOUT_PERPLEXITY: heldout.perplexity, attrs.HELDOUT_KL: heldout.kl}
+            attrs.record_measurements(trial, measured)
+        return values[0]
+
+    def _select(self, trial: optuna.Trial, plan: dict[str, Any]) -> float:
+        """Run a sampler's staged selection (EvoPress's): every stage draws fresh pool sequences, evaluates the
+        surviving candidates on them and keeps the best; the last stage adds the parent (candidate 0). The
+        trial evaluated the winner; its value is the winner's on the last stage's sequences."""
+        session, objective = self.session, self.session.config.search.objective
+        candidates = [np.asarray(c, dtype=np.float64) for c in plan["candidates"]]
+        alive = list(range(1, len(candidates))) or [0]
+        draws = torch.Generator().manual_seed(session.config.seed * 1_000_003 + trial.number)
+        record, tokens, values = [], 0, {0: math.inf}
+        for stage, (sequences, survivors) in enumerate(plan["stages"]):
+            if stage == len(plan["stages"]) - 1 and 0 not in alive:
+                alive.append(0)  # elitism: the parent competes in the last stage, on its fresh sequences
+            index = torch.randperm(session.tokens.search.shape[0], generator=draws)[: int(sequences)]
+            evaluations = {c: self._evaluate(trial.number, candidates[c], index) for c in alive}
+            values = {c: e.value(objective) for c, e in evaluations.items()}
+            tokens += len(alive) * int(index.numel()) * session.tokens.seq_len
+            record.append({"candidates": alive, "values": [values[c] for c in alive]})
+            alive = sorted(alive, key=lambda c: (values[c], c))[: int(survivors)]
+        winner = alive[0]
+        attrs.record_vector(trial, candidates[winner], 0.0)
+        last = evaluations[winner]
+        attrs.record_measurements(
+            trial,
+            {
+                attrs.KL: last.kl,
+                attrs.PERPLEXITY: last.perplexity,
+                attrs.MEASURED_SPARSITY: last.measured_sparsity,
+                attrs.TOKENS: tokens,
+                attrs.SECONDS: sum(e.seconds for e in evaluations.values()),
+            },
+        )
+        trial.set_user_attr(attrs.SELECTION, record)
+        return values[winner]
+
+    def _evaluate(self, number: int, vector: Any, index: torch.Tensor) -> Any:
+        advance = self.reporter.trial_started(number, int(index.numel()))
         done = [0]
 
         def on_batch(sequences: int, _nll: float) -> bool:
@@ -131,19 +217,17 @@ class TrialObjective:
             done[0] = sequences
             return False
 
-        evaluation = session.objective(vector, on_batch=on_batch)
-        attrs.record_measurements(
-            trial,
-            {
-                attrs.MEASURED_SPARSITY: evaluation.measured_sparsity,
-                attrs.NOMINAL_SPARSITY: session.sparse_model.model_sparsity(vector),
-                attrs.MEAN_NLL: evaluation.mean_nll,
-                attrs.SECONDS: evaluation.seconds,
-            },
-        )
-        if session.config.evaluation.heldout == "best" and self._is_new_best(evaluation.perplexity):
-            attrs.record_measurements(trial, {attrs.HELDOUT_PERPLEXITY: session.objective.heldout(vector).perplexity})
-        return evaluation.perplexity
+        return self.session.evaluate(vector, "search", index=index, on_batch=on_batch)
+
+    def _promoted(self, rung: int, value: float) -> bool:
+        """Whether a rung-``rung`` value ranks among the best ``max(1, n // promote_ratio)`` so far."""
+        others = [
+            values[rung]
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if len(values := attrs.rung_values(t)) > rung
+        ]
+        better = sum(1 for other in others if other < value)
+        return better < max(1, int((len(others) + 1) // self.session.config.search.promote_ratio))
 
     def _yield_if_surplus(self, trial: optuna.Trial) -> None:
         states = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
@@ -156,6 +240,13 @@ class TrialObjective:
         finished = [t.value for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
         finished = [v for v in finished if v is not None]
         return not finished or value < min(finished)
+
+
+def _mean_value(objective: str, kl: list[float], nll: list[float]) -> float:
+    """The objective over the sequences so far: mean KL, or the perplexity of the mean NLL."""
+    if objective == "perplexity":
+        return math.exp(sum(nll) / len(nll))
+    return sum(kl) / len(kl)
 
 
 @contextmanager
@@ -188,6 +279,25 @@ def _requeue(study: optuna.Study, number: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         optuna.storages.RetryHeartbeatStaleTrialCallback()(study, trial)
+
+
+def tokens_spent(study: optuna.Study) -> int:
+    """Forward tokens the study's finished trials used (screens and promotions)."""
+    return sum(attrs.tokens_used(t) for t in study.get_trials(deepcopy=False))
+
+
+def budget_spent(session: StudySession, study: optuna.Study) -> bool:
+    """Whether the study's token budget (if it has one) leaves no room for another screen.
+
+    Trials running elsewhere are counted at their screen's cost; a promotion may still overshoot the budget
+    by its own size, which the bench reports as tokens used.
+    """
+    search = session.config.search
+    if search.budget_tokens is None:
+        return False
+    screen = search.screen_sequences * session.tokens.seq_len
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    return tokens_spent(study) + running * screen >= search.budget_tokens
 
 
 def repair_stale_trials(study: optuna.Study) -> None:
@@ -270,7 +380,7 @@ def _step(study: optuna.Study, objective: TrialObjective, target: int, reporter:
     repair_stale_trials(study)
     counts = count_states(study)
     complete = counts[TrialState.COMPLETE]
-    if complete >= target:
+    if complete >= target or budget_spent(objective.session, study):
         return "done"
     running, waiting = counts[TrialState.RUNNING], counts[TrialState.WAITING]
     if complete + running >= target and waiting == 0:

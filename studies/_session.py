@@ -2,13 +2,15 @@
 
 The steps, in order (each a function of its own, shared by every command):
 
-1. :func:`load_tokens`: the model's tokenizer cuts the configured text into calibration and held-out tokens.
+1. :func:`load_tokens`: the model's tokenizer cuts the configured text into the four data roles
+   (calibration, search, validation, held-out; plus an out-of-domain held-out set if configured).
 2. :func:`build_space`: the constraint space from the model's block weights and the configured bounds,
    checked *before* anything expensive, so bad per-block bounds fail at once.
 3. :func:`calibration_for` and :func:`greedy_table_for`: the score histograms (and greedy split tables),
    fetched from the artifact store or computed once and stored there (:func:`stored_artifact`), keyed by
    model fingerprint + calibration-token hash + settings, so every later worker, run or export reuses them.
-4. The sparse model and the objective.
+4. The sparse model and the objective; the dense reference of each token set the objective's KL needs is
+   fetched or computed on first use (:meth:`StudySession.reference`), stored like the calibration.
 
 The artifact store is the study database for studies, or a :class:`MemoryArtifacts` for the one-off
 ``calibrate`` and ``evaluate`` commands, which thus take the very same path.
@@ -22,23 +24,29 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import torch
+
 from allocator import (
     CALIBRATION_FORMAT,
     GREEDY_FORMAT,
+    REFERENCE_FORMAT,
     Calibration,
     ConstraintSpace,
+    DenseReference,
+    Evaluation,
     GreedySplit,
     GreedyTable,
     LoadedModel,
-    PerplexityObjective,
+    Objective,
     Score,
     SparseModel,
-    TokenSplit,
+    TokenSets,
     build_greedy_table,
     calibrate,
+    compute_reference,
     load_model,
     load_text,
-    tokenize_split,
+    make_token_sets,
 )
 from storage import Database
 from studies._config import StudyConfig
@@ -92,13 +100,15 @@ class StudySession:
     config: StudyConfig
     artifacts: ArtifactStore
     loaded: LoadedModel
-    tokens: TokenSplit
+    tokens: TokenSets
     space: ConstraintSpace
     calibration: Calibration
     calibration_key: str
     greedy: GreedyTable | None
     sparse_model: SparseModel
-    objective: PerplexityObjective
+    objective: Objective
+    notify: Notify = lambda message: None
+    _references: dict[str, DenseReference] = field(default_factory=dict, repr=False)
 
     @property
     def score(self) -> Score:
@@ -110,6 +120,61 @@ class StudySession:
         if not isinstance(self.artifacts, Database):
             raise TypeError("This session keeps its artifacts in memory and has no study database.")
         return self.artifacts
+
+    def reference(self, role: str) -> DenseReference:
+        """The dense model's top-k distributions on a role's tokens: stored once, shared by every worker."""
+        if role not in self._references:
+            self._references[role] = reference_for(
+                self.artifacts, self.config, self.loaded, self.tokens, role, notify=self.notify
+            )
+        return self._references[role]
+
+    def rungs_order(self) -> torch.Tensor:
+        """Every search-pool sequence number in the seeded order the rungs take them in."""
+        return rung_indices(self.tokens.search.shape[0], [self.tokens.search.shape[0]], seed=self.config.data.seed)[0]
+
+    def rungs(self) -> list[torch.Tensor]:
+        """The search pool's sequence numbers of each rung: the screen, then each promotion's fresh ones."""
+        return rung_indices(
+            self.tokens.search.shape[0],
+            [self.config.search.screen_sequences, *self.config.search.promote_sequences],
+            seed=self.config.data.seed,
+        )
+
+    def evaluate(
+        self,
+        allocation: Any,
+        role: str,
+        *,
+        index: torch.Tensor | None = None,
+        rule: str | None = None,
+        thresholds: torch.Tensor | None = None,
+        on_batch: Any = None,
+    ) -> Evaluation:
+        """``allocation`` on a role's tokens (the sequences ``index`` selects), with KL to the dense model.
+
+        ``rule`` defaults to the study's search rule; ``thresholds`` (with ``rule="threshold"``) are the
+        exported ones for reports.
+        """
+        tokens = self.tokens[role] if index is None else self.tokens[role][index]
+        reference = self.reference(role)
+        if index is not None:
+            reference = reference.subset(index)
+        return self.objective.evaluate(
+            allocation,
+            tokens,
+            reference=reference,
+            rule=rule or self.config.search.rule,
+            thresholds=thresholds,
+            on_batch=on_batch,
+        )
+
+
+def rung_indices(pool: int, sizes: list[int], *, seed: int) -> list[torch.Tensor]:
+    """Consecutive slices of a seeded permutation of the pool's ``pool`` sequences, one per rung size."""
+    order = torch.randperm(pool, generator=torch.Generator().manual_seed(seed + 1))
+    starts = [sum(sizes[:r]) for r in range(len(sizes))]
+    return [order[start : start + size] for start, size in zip(starts, sizes, strict=True)]
 
 
 def artifact_key(settings: dict[str, Any]) -> str:
@@ -136,37 +201,36 @@ def stored_artifact(
     return blob, key
 
 
-def load_tokens(config: StudyConfig, tokenizer: Any) -> TokenSplit:
-    """Calibration and held-out tokens: one source split by document, or two sources."""
+def load_tokens(config: StudyConfig, tokenizer: Any) -> TokenSets:
+    """The four data roles' tokens (plus ``ood`` if configured): documents of one source dealt to the roles,
+    or the held-out role (and the out-of-domain set) from sources of their own."""
     data = config.data
-    corpus = load_text(data.calibration, text_field=data.text_field)
-    if data.heldout is None:
-        return tokenize_split(
-            corpus,
-            tokenizer,
-            seq_len=data.seq_len,
-            n_calibration=data.calibration_sequences,
-            n_heldout=data.heldout_sequences,
-            seed=data.seed,
-        )
-    calibration = tokenize_split(
-        corpus, tokenizer, seq_len=data.seq_len, n_calibration=data.calibration_sequences, n_heldout=0, seed=data.seed
-    )
-    heldout = tokenize_split(
-        load_text(data.heldout, text_field=data.text_field),
-        tokenizer,
-        seq_len=data.seq_len,
-        n_calibration=data.heldout_sequences,
-        n_heldout=0,
+    counts = {
+        "calibration": data.calibration_sequences,
+        "search": data.search_sequences,
+        "validation": data.validation_sequences,
+        "heldout": data.heldout_sequences if data.heldout is None else 0,
+    }
+
+    def cut(source: str, role_counts: dict[str, int]) -> TokenSets:
+        corpus = load_text(source, text_field=data.text_field)
+        return make_token_sets(corpus, tokenizer, seq_len=data.seq_len, counts=role_counts, seed=data.seed)
+
+    main = cut(data.source, counts)
+    sets, provenance = dict(main.sets), dict(main.provenance)
+    separate = (("heldout", data.heldout, data.heldout_sequences), ("ood", data.ood, data.ood_sequences))
+    for role, source, count in separate:
+        if source is not None:
+            other = cut(source, {"heldout": count})
+            sets[role] = other.heldout
+            provenance[f"{role}_source"] = {"source": source, **other.provenance}
+    return TokenSets(
+        sets=sets,
+        source=data.source,
         seed=data.seed,
-    )
-    return TokenSplit(
-        calibration=calibration.calibration,
-        heldout=heldout.calibration,
-        source=f"{data.calibration} | held-out: {data.heldout}",
-        seed=data.seed,
-        split_unit="source",
-        provenance={"calibration": calibration.provenance, "heldout": heldout.provenance},
+        unit=main.unit,
+        documents=main.documents,
+        provenance=provenance,
     )
 
 
@@ -180,7 +244,7 @@ def calibration_for(
     artifacts: ArtifactStore,
     config: StudyConfig,
     loaded: LoadedModel,
-    tokens: TokenSplit,
+    tokens: TokenSets,
     *,
     notify: Notify,
     progress: Progress | None = None,
@@ -190,7 +254,7 @@ def calibration_for(
     settings = {
         "format": CALIBRATION_FORMAT,
         "model": loaded.fingerprint,
-        "tokens": tokens.calibration_hash,
+        "tokens": tokens.hash("calibration"),
         "score": score.describe(),
     }
 
@@ -224,7 +288,7 @@ def greedy_table_for(
     loaded: LoadedModel,
     calibration: Calibration,
     calibration_key: str,
-    tokens: TokenSplit,
+    tokens: TokenSets,
     *,
     notify: Notify,
     progress: Progress | None = None,
@@ -267,6 +331,44 @@ def greedy_table_for(
     return GreedyTable.from_bytes(blob)
 
 
+def reference_for(
+    artifacts: ArtifactStore,
+    config: StudyConfig,
+    loaded: LoadedModel,
+    tokens: TokenSets,
+    role: str,
+    *,
+    notify: Notify,
+    progress: Progress | None = None,
+) -> DenseReference:
+    """The stored dense reference of a role's tokens, or a new one (one dense pass)."""
+    k = config.search.reference_top_k
+    settings = {"format": REFERENCE_FORMAT, "model": loaded.fingerprint, "tokens": tokens.hash(role), "k": k}
+
+    def compute() -> bytes:
+        advance = progress(f"Dense reference ({role})", tokens[role].shape[0]) if progress else None
+        return compute_reference(
+            loaded.adapter,
+            tokens[role],
+            k=k,
+            model_fingerprint=loaded.fingerprint,
+            tokens_hash=tokens.hash(role),
+            batch_size=config.evaluation.batch_size,
+            progress=advance,
+        ).to_bytes()
+
+    blob, _ = stored_artifact(
+        artifacts,
+        kind="reference",
+        label=f"dense reference of the {role} tokens",
+        settings=settings,
+        model_fingerprint=loaded.fingerprint,
+        compute=compute,
+        notify=notify,
+    )
+    return DenseReference.from_bytes(blob)
+
+
 def open_session(
     artifacts: ArtifactStore,
     config: StudyConfig,
@@ -289,7 +391,7 @@ def open_session(
         split=GreedySplit(greedy) if greedy is not None else None,
         sparsify_fraction=config.sparsity.sparsify_fraction,
     )
-    objective = PerplexityObjective(sparse_model, tokens, batch_size=config.evaluation.batch_size)
+    objective = Objective(sparse_model, batch_size=config.evaluation.batch_size)
     return StudySession(
         config=config,
         artifacts=artifacts,
@@ -301,4 +403,5 @@ def open_session(
         greedy=greedy,
         sparse_model=sparse_model,
         objective=objective,
+        notify=notify,
     )

@@ -136,9 +136,11 @@ def _adhoc_session(*, sparsify_fraction: float = 1.0, **options: Any) -> Any:
             "name": "adhoc",
             "model": options["model"],
             "data": {
-                "calibration": options["data"],
+                "source": options["data"],
                 "seq_len": options["seq_len"],
                 "calibration_sequences": options["calibration_sequences"],
+                "search_sequences": 1,  # these commands do not search: the smallest pool and validation set
+                "validation_sequences": 1,
                 "heldout_sequences": options["heldout_sequences"],
                 "seed": options["seed"],
             },
@@ -149,6 +151,7 @@ def _adhoc_session(*, sparsify_fraction: float = 1.0, **options: Any) -> Any:
                 "sparsify_fraction": sparsify_fraction,
             },
             "sampler": {"name": "uniform"},
+            "search": {"screen_sequences": 1, "promote_sequences": []},
             "evaluation": {"batch_size": options["batch_size"]},
         },
         source="command line",
@@ -163,7 +166,7 @@ def _adhoc_session(*, sparsify_fraction: float = 1.0, **options: Any) -> Any:
     )
     click.echo(
         f"data         {tokens.source}: {tokens.calibration.shape[0]} calibration + {tokens.heldout.shape[0]} "
-        f"held-out sequences of {tokens.seq_len} tokens (disjoint by {tokens.split_unit})"
+        f"held-out sequences of {tokens.seq_len} tokens (disjoint by {tokens.unit})"
     )
     click.echo(
         f"calibration  {calibration.n_tokens:,} tokens, {calibration.score.kind} score, {calibration.seconds:.1f} s "
@@ -186,9 +189,9 @@ def _progress() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
         yield bar
 
 
-def _evaluate_with_progress(objective: Any, allocation: Any, *, heldout: bool, label: str) -> Any:
-    tokens = objective.tokens.heldout if heldout else objective.tokens.calibration
-    with progress_bar(label, tokens.shape[0], unit="sequences") as advance:
+def _evaluate_with_progress(session: Any, allocation: Any, role: str, label: str, **options: Any) -> Any:
+    """``session.evaluate`` on a role's tokens, with a progress bar."""
+    with progress_bar(label, session.tokens[role].shape[0], unit="sequences") as advance:
         done = [0]
 
         def on_batch(sequences: int, _nll: float) -> bool:
@@ -196,7 +199,7 @@ def _evaluate_with_progress(objective: Any, allocation: Any, *, heldout: bool, l
             done[0] = sequences
             return False
 
-        return (objective.heldout if heldout else objective)(allocation, on_batch=on_batch)
+        return session.evaluate(allocation, role, on_batch=on_batch, **options)
 
 
 # -- one-off commands ---------------------------------------------------------------------------------------
@@ -206,7 +209,7 @@ def _evaluate_with_progress(objective: Any, allocation: Any, *, heldout: bool, l
 def calibrate(out: Path | None, **options: Any) -> None:
     """Calibrate score histograms on the calibration tokens and report the dense perplexity."""
     session = _adhoc_session(**options)
-    dense = _evaluate_with_progress(session.objective, 0.0, heldout=False, label="Dense perplexity")
+    dense = session.objective.evaluate(0.0, session.tokens.calibration, rule="threshold")
     ratio = session.calibration.seconds / dense.seconds
     click.echo(f"perplexity   {dense.perplexity:.3f} dense, on calibration tokens ({dense.seconds:.1f} s)")
     click.echo(f"time         calibration took {ratio:.2f}x one dense evaluation pass")
@@ -231,20 +234,27 @@ def calibrate(out: Path | None, **options: Any) -> None:
     help="Share of each sequence's trailing tokens that are sparsified (TEAL: 0.5, WAS: 0.99).",
 )
 def evaluate(sparsity: float, sparsify_fraction: float, **options: Any) -> None:
-    """Perplexity and measured sparsity at a uniform sparsity, on calibration and held-out tokens."""
-    from allocator import InputError
+    """KL, perplexity and measured sparsity on held-out tokens at a uniform sparsity, with thresholds from the
+    dense calibration (nominal) and calibrated under the sparse model (what an export uses)."""
+    from allocator import InputError, calibrate_allocation
 
     if not 0.0 <= sparsity < 1.0:
         raise InputError(f"The value of `--sparsity` should be in [0, 1), got {sparsity}.")
     session = _adhoc_session(sparsify_fraction=sparsify_fraction, **options)
-    search = _evaluate_with_progress(session.objective, sparsity, heldout=False, label="Calibration perplexity")
-    click.echo(
-        f"sparsity     {sparsity:.3f} uniform (sparsify fraction {sparsify_fraction:g}); "
-        f"measured {search.measured_sparsity:.4f}"
+    nominal = _evaluate_with_progress(session, sparsity, "heldout", "Dense thresholds", rule="threshold")
+    calibration = calibrate_allocation(
+        session.sparse_model, sparsity, session.tokens.calibration, batch_size=options["batch_size"]
     )
-    click.echo(f"perplexity   {search.perplexity:.3f} on calibration tokens ({search.seconds:.1f} s)")
-    heldout = _evaluate_with_progress(session.objective, sparsity, heldout=True, label="Held-out perplexity")
-    click.echo(f"perplexity   {heldout.perplexity:.3f} on held-out tokens ({heldout.seconds:.1f} s)")
+    thresholds = calibration.thresholds(session.sparse_model.site_sparsities(sparsity))
+    sparse = _evaluate_with_progress(
+        session, sparsity, "heldout", "Sparse-model thresholds", rule="threshold", thresholds=thresholds
+    )
+    click.echo(f"sparsity     {sparsity:.3f} uniform (sparsify fraction {sparsify_fraction:g})")
+    for label, result in (("dense thresholds", nominal), ("sparse thresholds", sparse)):
+        click.echo(
+            f"held-out     {label}: measured sparsity {result.measured_sparsity:.4f}, perplexity "
+            f"{result.perplexity:.3f}, KL {result.kl:.4f} ({result.seconds:.1f} s)"
+        )
 
 
 @cli.command()
@@ -259,13 +269,21 @@ def evaluate(sparsity: float, sparsify_fraction: float, **options: Any) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 def apply(lookup_path: Path, model: str, data: str, seq_len: int, sequences: int, seed: int, batch_size: int) -> None:
     """Install an exported lookup on MODEL and report perplexity and measured sparsity on DATA."""
-    from allocator import evaluate_tokens, load_lookup, load_model, load_text, read_lookup, tokenize_split
+    from allocator import (
+        compute_reference,
+        evaluate_tokens,
+        load_lookup,
+        load_model,
+        load_text,
+        make_token_sets,
+        read_lookup,
+    )
 
     read_lookup(lookup_path)  # refuse a bad lookup before loading the model
     loaded = load_model(model)
-    tokens = tokenize_split(
-        load_text(data), loaded.tokenizer, seq_len=seq_len, n_calibration=sequences, n_heldout=0, seed=seed
-    ).calibration
+    counts = {"heldout": sequences}
+    tokens = make_token_sets(load_text(data), loaded.tokenizer, seq_len=seq_len, counts=counts, seed=seed).heldout
+    reference = compute_reference(loaded.adapter, tokens, batch_size=batch_size)  # the dense model, before
     with (
         load_lookup(loaded.model, lookup_path) as sparsifiers,
         progress_bar("Evaluating", sequences, unit="sequences") as advance,
@@ -280,6 +298,7 @@ def apply(lookup_path: Path, model: str, data: str, seq_len: int, sequences: int
         evaluation = evaluate_tokens(
             loaded.adapter,
             tokens,
+            reference=reference,
             batch_size=batch_size,
             on_batch=on_batch,
             measured_sparsity=sparsifiers.measured_model_sparsity,
@@ -288,6 +307,7 @@ def apply(lookup_path: Path, model: str, data: str, seq_len: int, sequences: int
         f"perplexity   {evaluation.perplexity:.3f} on {evaluation.n_tokens:,} tokens of {data} "
         f"({evaluation.seconds:.1f} s)"
     )
+    click.echo(f"KL           {evaluation.kl:.4f} to the dense model, per token")
     click.echo(f"sparsity     measured {evaluation.measured_sparsity:.4f}")
 
 
@@ -373,8 +393,9 @@ def _run(name: str, storage: str | None, trials: int | None, *, wait_s: float = 
     summary = summarize(database, name)
     click.echo(f"study {name!r}: {result.complete}/{result.target} trials complete ({result.evaluated_here} here)")
     if summary.best_trial is not None:
-        heldout = f", held-out {summary.best_heldout_perplexity:.3f}" if summary.best_heldout_perplexity else ""
-        click.echo(f"best trial {summary.best_trial}: calibration perplexity {summary.best_perplexity:.3f}{heldout}")
+        heldout_ppl = summary.best_heldout_perplexity
+        heldout = f", held-out perplexity {heldout_ppl:.3f}" if heldout_ppl else ""
+        click.echo(f"best trial {summary.best_trial}: search {summary.objective} {summary.best_value:.4g}{heldout}")
 
 
 _trials_option = click.option(
@@ -439,7 +460,7 @@ def study_status(name: str, storage: str | None) -> None:
             "best",
             "-"
             if summary.best_trial is None
-            else f"trial {summary.best_trial}: perplexity {summary.best_perplexity:.3f}{measured}",
+            else f"trial {summary.best_trial}: search {summary.objective} {summary.best_value:.4g}{measured}",
         ),
         ("held-out", "-" if summary.best_heldout_perplexity is None else f"{summary.best_heldout_perplexity:.3f}"),
         ("vector", summary.vector_summary()),
@@ -459,11 +480,11 @@ def study_list(storage: str | None) -> None:
     if not names:
         click.echo(f"no studies in {database.masked_url}")
         return
-    header = ("study", "sampler", "target", "done", "run", "fail", "best ppl", "held-out")
+    header = ("study", "sampler", "target", "done", "run", "fail", "best", "held-out")
     click.echo("{:<28} {:<9} {:>6} {:>9} {:>4} {:>4} {:>10} {:>9}".format(*header))
     for name in names:
         s = summarize(database, name)
-        best = f"{s.best_perplexity:.3f}" if s.best_perplexity is not None else "-"
+        best = f"{s.best_value:.4g}" if s.best_value is not None else "-"
         heldout = f"{s.best_heldout_perplexity:.3f}" if s.best_heldout_perplexity is not None else "-"
         click.echo(
             f"{s.name:<28} {s.sampler:<9} {s.target_sparsity:>6.3f} {s.complete:>4}/{s.trials:<4} "
@@ -510,8 +531,20 @@ def study_export(name: str, out: Path, storage: str | None) -> None:
         result = export_study(session, out)
     click.echo(f"exported trial {result.trial_number} of {name!r} to {result.path}")
     click.echo(
-        f"perplexity {result.calibration_perplexity:.3f} calibration, {result.heldout_perplexity:.3f} held-out; "
-        f"sparsity {result.achieved_sparsity:.4f}; "
+        f"chosen       among {result.candidates} candidate(s) by validation: KL {result.validation.kl:.4f}, "
+        f"perplexity {result.validation.perplexity:.3f}"
+    )
+    for label, measured in (("held-out", result.heldout), ("out-of-domain", result.ood)):
+        if measured is not None:
+            exact, fixed = measured.exact, measured.thresholds
+            click.echo(
+                f"{label:<12} KL {fixed.kl:.4f}, perplexity {fixed.perplexity:.3f} with the exported thresholds "
+                f"(measured sparsity {fixed.measured_sparsity:.4f}); KL {exact.kl:.4f}, perplexity "
+                f"{exact.perplexity:.3f} at exactly the target"
+            )
+    click.echo(
+        f"sparsity     target {result.achieved_sparsity:.4f}; measured with the thresholds on the search pool "
+        f"{result.search_measured_sparsity:.4f}; "
         + ("TEAL files written" if result.teal_files else "no TEAL files (weight_aware score)")
     )
 
@@ -556,21 +589,21 @@ def demo(out: Path, trials: int | None) -> None:
 
 
 def _print_demo(result: Any) -> None:
-    config, exported, target = result.config, result.exported, result.config.sparsity.target
-    click.echo(f"\nsparsealloc demo: SmolLM2-135M, pydoc corpus, target {target:.0%} model-level sparsity")
+    config, target = result.config, result.config.sparsity.target
+    click.echo(f"\nsparsealloc demo: SmolLM2-135M, pydoc corpus, target {target:.0%} model-level sparsity (measured)")
     click.echo(f"study          {config.name}: {result.run.complete} bo trials in {result.database.masked_url}")
+    click.echo(f"held-out       dense perplexity {result.dense.perplexity:.3f}")
+    click.echo(f"               {'allocation':<26} {'with exported thresholds':^30}   {'at exactly the target':^20}")
+    click.echo(f"               {'':<26} {'perplexity':>10} {'KL':>8} {'measured':>9}   {'perplexity':>10} {'KL':>8}")
+    for label, measured in result.rows():
+        fixed, exact = measured.thresholds, measured.exact
+        figures = f"{fixed.perplexity:>10.3f} {fixed.kl:>8.4f} {fixed.measured_sparsity:>9.4f}"
+        click.echo(f"               {label:<26} {figures}   {exact.perplexity:>10.3f} {exact.kl:>8.4f}")
     click.echo(
-        f"calibration    uniform {target:.0%}: {result.uniform_search.perplexity:.3f}"
-        f"   bo best: {exported.calibration_perplexity:.3f}   (the search objective)"
+        f"               -> bo removes {result.gain('uniform'):.0%} of uniform's and {result.gain('greedy'):.0%} "
+        "of greedy-uniform's degradation over dense (held-out perplexity)"
     )
-    click.echo(f"held-out ppl   dense {result.dense.perplexity:.3f}")
-    click.echo(f"               uniform {target:.0%}: {result.uniform_heldout.perplexity:.3f}")
-    click.echo(f"               bo best (trial {exported.trial_number}): {exported.heldout_perplexity:.3f}")
-    gain = (result.uniform_heldout.perplexity - exported.heldout_perplexity) / (
-        result.uniform_heldout.perplexity - result.dense.perplexity
-    )
-    click.echo(f"               -> the best allocation removes {gain:.0%} of uniform's degradation over dense")
-    click.echo(f"exported       {exported.path}/lookup.json (+ TEAL files)")
+    click.echo(f"exported       {result.exported.path}/lookup.json (+ TEAL files)")
     click.echo(f"report         {', '.join(str(p) for p in result.plots)}")
     click.echo(f"time           {result.minutes:.1f} min")
 

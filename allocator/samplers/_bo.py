@@ -1,8 +1,11 @@
 """``bo``: constrained Bayesian optimisation of the block vector with BoTorch.
 
-* **Model.** ``SingleTaskGP`` on ``−log(value)`` (we minimise log perplexity; BoTorch maximises), inputs
-  normalised to the block bounds (``Normalize``), outcome standardised (``Standardize``), and a small fixed
-  observation noise (``train_Yvar``), because the objective is deterministic given its calibration tokens.
+* **Model.** ``SingleTaskGP`` on ``−log(value)`` (we minimise the log of the screen's KL or perplexity;
+  BoTorch maximises), inputs normalised to the block bounds (``Normalize``), outcome standardised
+  (``Standardize``). The screen is the same sequences for every trial, so its value is deterministic, but as
+  an estimate of the value on unseen text it is noisy, and a GP told it is exact chases the screen's
+  quirks. The observation noise (``train_Yvar``) is therefore estimated from the trials promoted to fresh
+  sequences: how far their screen value strays from their value on the fresh ones (:func:`screen_noise`).
   The kernel and priors are BoTorch 0.18's defaults for ``SingleTaskGP``: an ARD RBF kernel without output
   scale, with the dimension-scaled lengthscale prior ``LogNormal(√2 + ½·log d, √3)`` of Hvarfner et al.
   (2024), which keeps a vanilla GP sensible at 30–80 dimensions.
@@ -55,6 +58,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 _DESIGN_SPARE = 16  # extra design points for workers that ask before the first results are in
+_MIN_NOISE = 1e-6  # the observation variance of log(value) before the screen's noise can be estimated
 
 # TuRBO's constants (Eriksson et al., 2019): initial, minimum and maximum side of the normalised box.
 _TR_INIT, _TR_MIN, _TR_MAX = 0.8, 0.5**7, 1.6
@@ -141,7 +145,8 @@ class BoOptions(SamplerOptions):
         raw_samples: Feasible points scored to choose the restarts (a hit-and-run pool of this size, plus
             perturbations of the best points).
         mc_samples: Quasi-Monte-Carlo samples of qLogNEI.
-        noise_variance: The fixed observation variance of ``log(value)``.
+        noise_variance: The observation variance of ``log(value)``; ``"auto"`` estimates it from the trials
+            promoted to fresh sequences (:func:`screen_noise`), and uses 1e-6 until three such trials exist.
         round_iters: L-BFGS-B iterations per round of the null-space optimiser.
         max_rounds: Re-anchored rounds of the null-space optimiser (see ``_acqf.optimize_nullspace``).
         optimizer: ``"nullspace"`` (default) or ``"slsqp"`` (BoTorch's ``optimize_acqf`` with the equality
@@ -156,7 +161,7 @@ class BoOptions(SamplerOptions):
     num_restarts: int = Field(default=8, ge=1)
     raw_samples: int = Field(default=512, ge=1)
     mc_samples: int = Field(default=128, ge=1)
-    noise_variance: float = Field(default=1e-6, gt=0.0, allow_inf_nan=False)
+    noise_variance: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | Literal["auto"] = "auto"
     round_iters: int = Field(default=25, ge=1)
     max_rounds: int = Field(default=2, ge=1)
     optimizer: Literal["nullspace", "slsqp"] = "nullspace"
@@ -305,7 +310,7 @@ class BoSampler(BlockSampler):
         model = SingleTaskGP(
             X,
             Y,
-            train_Yvar=torch.full_like(Y, self.noise_variance),
+            train_Yvar=torch.full_like(Y, self.observation_noise(history)),
             input_transform=Normalize(d=X.shape[-1], bounds=bounds),
             outcome_transform=Standardize(m=1),
         )
@@ -343,6 +348,13 @@ class BoSampler(BlockSampler):
             prune_baseline=True,
             cache_root=True,
         )
+
+    def observation_noise(self, history: History) -> float:
+        """The observation variance of ``log(value)``: the option, or the estimate from promoted trials."""
+        if self.noise_variance != "auto":
+            return float(self.noise_variance)
+        estimate = screen_noise(history)
+        return _MIN_NOISE if estimate is None else max(_MIN_NOISE, estimate)
 
     # ------------------------------------------------------------------ acquisition optimisation
 
@@ -430,6 +442,26 @@ class BoSampler(BlockSampler):
             )
         except InfeasibleConstraintError:
             return sp
+
+
+def screen_noise(history: History) -> float | None:
+    """The variance of the screen's ``log(value)`` as an estimate of the value on unseen sequences, or None.
+
+    For every trial promoted to rung 1, ``d = log(rung-1 value) − log(screen value)``, each over its own
+    sequences. Its spread over trials (about its mean: rung 1 may be easier or harder text for everyone) is
+    the screen's error plus rung 1's, whose variances scale with ``1/n``:
+    ``var(d) = σ²_screen · (1 + n_screen / n_rung1)``. Needs three promoted trials.
+    """
+    pairs = []
+    for trial in history.trials:
+        own, sizes = attrs.rung_own_values(trial), attrs.rung_sizes(trial)
+        if len(own) >= 2 and len(sizes) >= 2 and own[0] > 0 and own[1] > 0:
+            pairs.append((math.log(own[1]) - math.log(own[0]), sizes[0] / sizes[1]))
+    if len(pairs) < 3:
+        return None
+    differences = np.array([d for d, _ in pairs])
+    ratio = float(np.mean([r for _, r in pairs]))
+    return float(np.var(differences, ddof=1)) / (1.0 + ratio)
 
 
 @contextlib.contextmanager

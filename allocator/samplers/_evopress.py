@@ -15,26 +15,32 @@ Our own code, after ``evo_prune_search.py`` of IST-DASLab/EvoPress. What carries
 * **Selection, elitist.** The parent of generation ``g`` is the best finished trial among all trials of
   generations before ``g`` (the previous parent included, so the parent survives unless beaten).
 
-What differs, because our budget is a few dozen full evaluations rather than 400 generations of
-minibatch evaluations:
+* **Multi-step selection with fresh draws (the reference form, the default).** One trial is one generation:
+  the sampler proposes ``λ`` offspring of the parent (written to the trial as a selection plan, see
+  :func:`allocator.trial_attributes.selection_plan`) and the study runner evaluates them in stages; each
+  stage draws fresh sequences from the search pool, evaluates every surviving candidate on them (KL to the
+  dense model, EvoPress's fitness) and keeps the best ``survivors``; the last stage adds the parent
+  (elitism), re-evaluated on that stage's fresh sequences. The trial's evaluated vector is the winner, the
+  next generation's parent. ``stages`` defaults to ``[[2, 2], [8, 1]]`` sequences and survivors with
+  ``λ = 8``: EvoPress's 2k → 16k tokens with 8 → 2 → 1 survivors, scaled to a budget of tens of thousands
+  of tokens rather than millions.
 
-* ``λ`` (``offspring``) defaults to 4, not 64, so 50 evaluations give about 12 generations.
-* No multi-stage minibatch selection: our objective is already the full, deterministic calibration
-  perplexity, so each offspring is one trial and is scored once.
-* Offspring that repeat an evaluated or pending point (the parent, say) are redrawn: a deterministic
-  objective learns nothing from a repeat. EvoPress rejects duplicates within a generation only.
+With ``stages: null`` the sampler instead proposes one offspring per trial, scored like every other trial on
+the study's common screen: ``λ`` consecutive trials form a generation, whose parent is the best finished
+trial of the earlier generations, and offspring that repeat an evaluated or pending point are redrawn.
 
-Stateless: trial ``k ≥ 1`` belongs to generation ``(k − 1) // λ``; its parent and its random draws are
-functions of the trials in storage, the seed and ``k``.
+Stateless either way: the parent and the random draws are functions of the trials in storage, the seed and
+the trial number.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
 from pydantic import Field
 
+from allocator import trial_attributes as attrs
 from allocator._constraint import ConstraintSpace
 from allocator.samplers._base import BlockSampler, History, is_duplicate
 from allocator.samplers._registry import SamplerOptions, register_sampler
@@ -52,12 +58,17 @@ class EvoPressOptions(SamplerOptions):
         num_levels: Levels each block may move away from the start, either way.
         step: Sparsity of one level for a block of average weight; default ``0.5·min(t, 1−t)/num_levels``.
         max_flips: Flips per offspring are ``min(randint(1, max_flips), randint(1, max_flips))``.
+        stages: ``[sequences, survivors]`` of each selection stage, on fresh sequences; null: one offspring
+            per trial on the common screen.
     """
 
-    offspring: int = Field(default=4, ge=1)
+    offspring: int = Field(default=8, ge=1)
     num_levels: int = Field(default=8, ge=1)
     step: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
     max_flips: int = Field(default=3, ge=1)
+    stages: list[tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]] | None = Field(
+        default_factory=lambda: [(2, 2), (8, 1)]
+    )
 
 
 @register_sampler("evopress", summary="EvoPress: (1+λ) evolutionary search with weight-preserving level swaps")
@@ -84,12 +95,15 @@ class EvoPressSampler(BlockSampler):
         self._num_levels = o.num_levels
         self._step = 0.5 * min(t, 1.0 - t) / o.num_levels if o.step is None else o.step
         self._max_flips = o.max_flips
+        self._stages = None if o.stages is None else [(int(n), int(k)) for n, k in o.stages]
 
     def generation(self, number: int) -> int:
         """The generation of trial ``number`` (trial 0, the uniform start, is generation −1)."""
         return -1 if number == 0 else (number - 1) // self._offspring
 
     def propose(self, study: Study, trial: FrozenTrial, history: History) -> np.ndarray:
+        if self._stages is not None:
+            return self._generation(study, trial, history)
         start = self.space.uniform_vector()
         seen = history.seen()
         if history.n == 0 and not is_duplicate(start, seen):
@@ -105,6 +119,25 @@ class EvoPressSampler(BlockSampler):
             child = self._mutate(start, start, rng)
             if child is not None and not is_duplicate(child, seen):
                 return self.space.project(child)
+        return parent
+
+    def _generation(self, study: Study, trial: FrozenTrial, history: History) -> np.ndarray:
+        """Propose the parent and write the generation's plan: ``λ`` distinct offspring, staged selection."""
+        start = self.space.uniform_vector()
+        parent = history.X[int(np.argmax(history.numbers))].copy() if history.n else start
+        rng = self.rng(trial)
+        offspring: list[np.ndarray] = []
+        for _ in range(1000 * self._offspring):
+            if len(offspring) == self._offspring:
+                break
+            child = self._mutate(parent, start, rng)
+            if child is None:
+                continue
+            child = self.space.project(child)
+            if not is_duplicate(child, np.array([parent, *offspring]).reshape(-1, self.space.dim)):
+                offspring.append(child)
+        plan = {"candidates": [[float(v) for v in c] for c in [parent, *offspring]], "stages": self._stages}
+        attrs.set_system_attr(study, trial, attrs.SELECTION_PLAN, plan)
         return parent
 
     def parent(self, history: History, generation: int, start: np.ndarray) -> np.ndarray:

@@ -91,11 +91,19 @@ def soak_config(model_dir: Path, *, name: str, trials: int, sampler: str) -> dic
     return {
         "name": name,
         "model": str(model_dir),
-        "data": {"calibration": "pydoc", "seq_len": 32, "calibration_sequences": 16, "heldout_sequences": 2},
+        "data": {
+            "source": "pydoc",
+            "seq_len": 32,
+            "calibration_sequences": 4,
+            "search_sequences": 12,
+            "validation_sequences": 2,
+            "heldout_sequences": 2,
+        },
         "sparsity": {"target": 0.5, "lower": 0.0, "upper": 0.9},
         "sampler": {"name": sampler},
         "trials": trials,
         "seed": 0,
+        "search": {"screen_sequences": 8, "promote_sequences": [4]},
         "evaluation": {"batch_size": 4, "heldout": "none"},
     }
 

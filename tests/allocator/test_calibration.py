@@ -3,13 +3,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from allocator import Calibration, Score, Sparsifiers, calibrate, load_model, load_text, tokenize_split
+from allocator import Calibration, Score, Sparsifiers, calibrate, load_model, load_text, make_token_sets
 
 
 @pytest.fixture(scope="module")
 def prepared(tiny_model_dir):
     loaded = load_model(tiny_model_dir)
-    split = tokenize_split(load_text("pydoc"), loaded.tokenizer, seq_len=64, n_calibration=8, n_heldout=4)
+    split = make_token_sets(load_text("pydoc"), loaded.tokenizer, seq_len=64, counts={"calibration": 8, "heldout": 4})
     return loaded, split
 
 

@@ -5,7 +5,9 @@ import json
 import pytest
 import torch
 
-from allocator import DataSourceError, InputError, load_text, tokenize_split
+from allocator import ROLES, DataSourceError, InputError, load_text, make_token_sets
+
+FOUR = {"calibration": 6, "search": 10, "validation": 4, "heldout": 4}
 
 
 def test_pydoc_corpus_is_every_topic():
@@ -17,35 +19,33 @@ def test_pydoc_corpus_is_every_topic():
     assert corpus.n_characters == sum(len(t) for t in topics.values())
 
 
-def test_pydoc_split_never_shares_a_topic_and_is_deterministic(tiny_tokenizer):
+def test_the_four_roles_never_share_a_document_and_are_deterministic(tiny_tokenizer):
     corpus = load_text("pydoc")
-    split = tokenize_split(corpus, tiny_tokenizer, seq_len=64, n_calibration=8, n_heldout=8, seed=3)
-    again = tokenize_split(corpus, tiny_tokenizer, seq_len=64, n_calibration=8, n_heldout=8, seed=3)
-    other = tokenize_split(corpus, tiny_tokenizer, seq_len=64, n_calibration=8, n_heldout=8, seed=4)
-    assert split.split_unit == "document"
-    assert split.calibration.shape == (8, 64) and split.heldout.shape == (8, 64)
-    assert torch.equal(split.calibration, again.calibration) and torch.equal(split.heldout, again.heldout)
-    assert split.calibration_hash != other.calibration_hash
-    # No topic contributes text to both parts: decode each held-out sequence and look for it in calibration topics.
-    topics_by_text = {doc: i for i, doc in enumerate(corpus.documents)}
-    heldout_text = [tiny_tokenizer.decode(row) for row in split.heldout.tolist()]
-    calibration_text = [tiny_tokenizer.decode(row) for row in split.calibration.tolist()]
+    sets = make_token_sets(corpus, tiny_tokenizer, seq_len=64, counts=FOUR, seed=3)
+    again = make_token_sets(corpus, tiny_tokenizer, seq_len=64, counts=FOUR, seed=3)
+    other = make_token_sets(corpus, tiny_tokenizer, seq_len=64, counts=FOUR, seed=4)
+    assert sets.unit == "document" and set(sets.sets) == set(ROLES)
+    for role, count in FOUR.items():
+        assert sets[role].shape == (count, 64)
+        assert torch.equal(sets[role], again[role])
+    assert sets.hash("search") != other.hash("search")
+    # The recorded documents are disjoint, cover every document, and the search role took the rest.
+    owners = [set(sets.documents[role]) for role in ROLES]
+    assert all(a.isdisjoint(b) for i, a in enumerate(owners) for b in owners[i + 1 :])
+    assert set().union(*owners) == set(range(len(corpus.documents)))
+    # And the text says the same: no sequence of one role is found in another role's documents.
+    docs = corpus.documents
 
-    def owners(snippets):
+    def owners_of(role):
         found = set()
-        for snippet in snippets:
-            middle = max(snippet.split("<eos>"), key=len)[:60]
-            found |= {i for doc, i in topics_by_text.items() if middle in doc}
+        for row in sets[role].tolist():
+            middle = max(tiny_tokenizer.decode(row).split("<eos>"), key=len)[:60]
+            found |= {i for i, doc in enumerate(docs) if middle in doc}
         return found
 
-    assert owners(heldout_text).isdisjoint(owners(calibration_text))
-
-
-def test_single_text_file_splits_by_sequence_without_overlap(tiny_tokenizer, text_file):
-    split = tokenize_split(load_text(text_file), tiny_tokenizer, seq_len=32, n_calibration=6, n_heldout=6)
-    assert split.split_unit == "sequence"
-    calibration_rows = {tuple(r) for r in split.calibration.tolist()}
-    assert calibration_rows.isdisjoint(tuple(r) for r in split.heldout.tolist())
+    texts = {role: owners_of(role) for role in ROLES}
+    for role in ROLES:
+        assert texts[role] <= set(sets.documents[role]), role
 
 
 def test_text_folder_and_jsonl_and_saved_dataset(tiny_tokenizer, tmp_path):
@@ -62,8 +62,8 @@ def test_text_folder_and_jsonl_and_saved_dataset(tiny_tokenizer, tmp_path):
     for source, kind in [(folder, "txt"), (jsonl, "jsonl"), (tmp_path / "dataset", "hf-dataset")]:
         corpus = load_text(source)
         assert corpus.kind == kind and corpus.documents == tuple(paragraphs)
-        split = tokenize_split(corpus, tiny_tokenizer, seq_len=32, n_calibration=4, n_heldout=2)
-        assert split.split_unit == "document"
+        sets = make_token_sets(corpus, tiny_tokenizer, seq_len=32, counts={"calibration": 4, "heldout": 2})
+        assert sets.unit == "document"
 
 
 def test_missing_source_is_refused(tmp_path):
@@ -92,16 +92,18 @@ def test_malformed_jsonl_names_the_line(tmp_path):
 def test_too_short_text_says_how_many_tokens_are_needed(tiny_tokenizer, tmp_path):
     path = tmp_path / "short.txt"
     path.write_text("Only a few words here.")
-    with pytest.raises(DataSourceError, match=r"has \d+ tokens; 2,048 are needed for 4 calibration and 4 held-out"):
-        tokenize_split(load_text(path), tiny_tokenizer, seq_len=256, n_calibration=4, n_heldout=4)
+    with pytest.raises(DataSourceError, match=r"has \d+ tokens; 2,048 are needed for 4 heldout, 4 calibration"):
+        make_token_sets(load_text(path), tiny_tokenizer, seq_len=256, counts={"calibration": 4, "heldout": 4})
 
 
 def test_bad_sizes_are_refused(tiny_tokenizer):
     corpus = load_text("pydoc")
     with pytest.raises(InputError, match="`seq_len`"):
-        tokenize_split(corpus, tiny_tokenizer, seq_len=1, n_calibration=1, n_heldout=1)
-    with pytest.raises(InputError, match="`n_calibration`"):
-        tokenize_split(corpus, tiny_tokenizer, seq_len=8, n_calibration=0, n_heldout=1)
+        make_token_sets(corpus, tiny_tokenizer, seq_len=1, counts={"calibration": 1})
+    with pytest.raises(InputError, match="Sequence counts"):
+        make_token_sets(corpus, tiny_tokenizer, seq_len=8, counts={"calibration": 0})
+    with pytest.raises(InputError, match="Sequence counts"):
+        make_token_sets(corpus, tiny_tokenizer, seq_len=8, counts={"training": 3})
 
 
 def test_unknown_file_type_is_refused(tmp_path):

@@ -13,14 +13,14 @@ from allocator import (
     capture_block_inputs,
     load_model,
     load_text,
-    tokenize_split,
+    make_token_sets,
 )
 
 
 @pytest.fixture(scope="module")
 def built(trained_tiny_dir):
     loaded = load_model(trained_tiny_dir)
-    split = tokenize_split(load_text("pydoc"), loaded.tokenizer, seq_len=48, n_calibration=6, n_heldout=2)
+    split = make_token_sets(load_text("pydoc"), loaded.tokenizer, seq_len=48, counts={"calibration": 6, "heldout": 2})
     calibration = calibrate(loaded.adapter, split.calibration)
     table = build_greedy_table(loaded.adapter, calibration, split.calibration[:2], step=0.05, max_sparsity=0.8)
     return loaded, split, calibration, table

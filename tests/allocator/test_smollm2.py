@@ -47,4 +47,30 @@ def test_evaluate_command_on_the_embedded_defaults():
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "smollm2-135m (llama, 30 blocks" in result.stdout
-    assert "measured 0.5" in result.stdout
+    line = next(line for line in result.stdout.splitlines() if "sparse thresholds" in line)
+    measured = float(line.split("measured sparsity ")[1].split(",")[0])
+    assert abs(measured - 0.5) < 0.01, line  # thresholds calibrated under the sparse model meet the target
+
+
+def test_measured_sparsity_meets_the_target_on_unseen_documents(smollm2):
+    """Thresholds calibrated under the sparse model on 16 x 256 calibration tokens hold on other documents:
+    model-level sparsity within half a point of the target, every site within one point."""
+    from allocator import SparseModel, calibrate, calibrate_allocation, evaluate_tokens, load_text, make_token_sets
+
+    sets = make_token_sets(
+        load_text("pydoc"), smollm2.tokenizer, seq_len=256, counts={"calibration": 16, "search": 4}, seed=0
+    )
+    sparse_model = SparseModel(smollm2.adapter, calibrate(smollm2.adapter, sets.calibration))
+    vector = torch.linspace(0.45, 0.75, 30, dtype=torch.float64)  # deeper blocks sparser
+    calibration = calibrate_allocation(sparse_model, vector, sets.calibration)
+    thresholds = calibration.thresholds(sparse_model.site_sparsities(vector))
+    with sparse_model.applied(vector, thresholds=thresholds):
+        evaluation = evaluate_tokens(
+            smollm2.adapter,
+            sets.search,
+            measured_sparsity=sparse_model.measured_sparsity,
+            measured_site_sparsity=sparse_model.sparsifiers.measured_site_sparsity,
+        )
+    target = sparse_model.site_sparsities(vector)
+    assert abs(evaluation.measured_sparsity - sparse_model.model_sparsity(vector)) <= 0.005
+    assert float((torch.tensor(evaluation.site_sparsity) - target).abs().max()) <= 0.01

@@ -3,13 +3,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from allocator import Score, SparseModel, Sparsifiers, calibrate, load_model, load_text, tokenize_split
+from allocator import Score, SparseModel, Sparsifiers, calibrate, load_model, load_text, make_token_sets
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir):
     loaded = load_model(tiny_model_dir)
-    split = tokenize_split(load_text("pydoc"), loaded.tokenizer, seq_len=48, n_calibration=6, n_heldout=2)
+    split = make_token_sets(load_text("pydoc"), loaded.tokenizer, seq_len=48, counts={"calibration": 6, "heldout": 2})
     return loaded, split, calibrate(loaded.adapter, split.calibration)
 
 

@@ -20,7 +20,15 @@ def tiny_config(model_dir: Path, **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         "name": "tiny",
         "model": str(model_dir),
-        "data": {"calibration": "pydoc", "seq_len": 32, "calibration_sequences": 6, "heldout_sequences": 4},
+        "data": {
+            "source": "pydoc",
+            "seq_len": 32,
+            "calibration_sequences": 6,
+            "search_sequences": 10,
+            "validation_sequences": 3,
+            "heldout_sequences": 4,
+        },
+        "search": {"screen_sequences": 6, "promote_sequences": [4]},
         "sparsity": {"target": 0.5, "lower": 0.0, "upper": 0.9},
         "sampler": {"name": "random"},
         "trials": 4,

@@ -130,14 +130,14 @@ def test_truncated_gguf(tmp_path):
     ("content", "suffix", "fragment"),
     [
         ("", ".txt", "contains no text"),
-        ("just a few words", ".txt", "are needed for 6 calibration and 4 held-out sequences"),
+        ("just a few words", ".txt", "are needed for 4 heldout, 3 validation, 6 calibration, 10 search sequences"),
         ('{"text": "fine"}\n{"text": oops}\n', ".jsonl", "line 2 is not valid JSON"),
     ],
 )
 def test_bad_data(tmp_path, trained_tiny_dir, content, suffix, fragment):
     data = tmp_path / f"data{suffix}"
     data.write_text(content)
-    config = _config(tmp_path, trained_tiny_dir, data={"calibration": str(data)})
+    config = _config(tmp_path, trained_tiny_dir, data={"source": str(data)})
     result, db = _create(tmp_path, config)
     assert result.exit_code == 0, result.output
     result = run("study", "run", "tiny", "--storage", f"sqlite:///{db}")

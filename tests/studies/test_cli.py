@@ -27,8 +27,9 @@ def assert_one_sentence_error(result, pattern: str) -> None:
 def test_evaluate_prints_perplexity_measured_sparsity_and_time(tiny_model_dir, text_file):
     result = run("evaluate", "--model", str(tiny_model_dir), "--data", str(text_file), "--sparsity", "0.5", *SMALL)
     assert result.exit_code == 0, result.output
-    assert "measured 0." in result.stdout
-    assert "on calibration tokens (" in result.stdout and "on held-out tokens (" in result.stdout
+    assert "held-out     dense thresholds: measured sparsity 0." in result.stdout
+    line = next(line for line in result.stdout.splitlines() if "sparse thresholds" in line)
+    assert abs(float(line.split("measured sparsity ")[1].split(",")[0]) - 0.5) < 0.02, line
 
 
 def test_calibrate_reports_dense_perplexity_and_writes_the_calibration(tiny_model_dir, text_file, tmp_path):
@@ -67,7 +68,7 @@ def test_bad_data_is_one_sentence(tiny_model_dir, tmp_path):
     short.write_text("too short")
     assert_one_sentence_error(
         run("evaluate", "--model", str(tiny_model_dir), "--data", str(short), "--sparsity", "0.5"),
-        "are needed for 16 calibration",
+        "are needed for 16 heldout, 1 validation, 16 calibration, 1 search sequences",
     )
 
 

@@ -49,7 +49,7 @@ def test_optuna_reads_our_database(sqlite_url, write_config):
     run_study(open_session(database, config))
     loaded = optuna.load_study(study_name="tiny", storage=sqlite_url)  # what optuna-dashboard does
     assert len(loaded.trials) == 2 and loaded.best_trial.user_attrs["vector"]
-    assert loaded.metric_names == ["perplexity"]
+    assert loaded.metric_names == ["kl"]
 
 
 def test_single_point_samplers_run_one_trial(sqlite_url, write_config):
@@ -62,4 +62,4 @@ def test_single_point_samplers_run_one_trial(sqlite_url, write_config):
     (trial,) = _complete(database, "greedy")
     assert evaluated_vector(trial) == pytest.approx([0.5] * 3)
     summary = summarize(database, "greedy")
-    assert summary.split == "greedy" and summary.best_perplexity == trial.value
+    assert summary.split == "greedy" and summary.best_value == trial.value == summary.best_kl

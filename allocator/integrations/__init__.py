@@ -1,0 +1,6 @@
+"""Bridges from sparsealloc's exports to other tools' own sparsifiers.
+
+Each integration is a submodule that imports its tool lazily, so importing it (and writing the tool's
+file from a lookup) needs neither that tool nor torch: :mod:`allocator.integrations.nncf` turns a lookup
+into per-site targets for NNCF's ``sparsify_activations``.
+"""

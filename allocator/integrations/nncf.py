@@ -1,0 +1,222 @@
+"""NNCF as a consumer of our exports: a lookup's per-site sparsities as targets for NNCF's sparsify_activations.
+
+NNCF (``nncf.experimental.torch.sparsify_activations``) zeroes the entries of a linear layer's input whose
+|x| is at most a threshold, which it calibrates itself, per layer, as the running quantile of |x| at that
+layer's target sparsity over a calibration set (with the layers before it already sparsified). It takes the
+targets as ``{TargetScope(names=[node]): sparsity}`` and has no search: a lookup supplies the per-site
+targets a study chose. The lookup's own thresholds are not used.
+
+NNCF names a layer by its node in the graph it traces. NNCF 3.4's tracer joins the attribute names of the
+modules on the call stack, dropping a module that is not a child of its caller; a decoder block sits in a
+``ModuleList`` that is never called itself, so ``layers.{i}`` drops out and NNCF's per-name call counter
+tells the blocks apart: block ``b``'s ``q_proj`` is ``model/self_attn/q_proj/linear/{b}``. These names
+follow from the lookup's architecture and block count alone, so ``nncf.json`` is written without nncf or
+torch (the tests check them against the graph NNCF builds).
+
+Two things NNCF does differently from a study, recorded in ``nncf.json`` and warned about by
+:func:`sparsify`: it ranks entries by |x| alone (a ``weight_aware`` lookup's sparsities were chosen for
+|x|·‖W[:, j]‖), and it sparsifies every token (a study may have sparsified only the last part of a prompt).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+from allocator._adapters import SITE_NAMES, site_module_path
+from allocator.errors import InputError, LookupFileError, NNCFNotInstalledError, OutputError
+
+NNCF_FORMAT = "sparsealloc.nncf/v1"
+NNCF_FILE = "nncf.json"
+NNCF_REQUIREMENT = "nncf==3.4.*"
+NNCF_FUNCTION = "nncf.experimental.torch.sparsify_activations.sparsify_activations"
+
+
+def nncf_scope(architecture: str, block: int, site: str) -> str:
+    """The NNCF graph node of ``site`` (one of :data:`allocator.SITE_NAMES`) in block ``block``.
+
+    For the HF layout (body ``model``, blocks ``model.layers``): the site's module path inside its block,
+    with ``/`` for ``.``, then ``linear`` (the traced op) and the block index (NNCF's call counter).
+    """
+    return f"model/{site_module_path(architecture, site).replace('.', '/')}/linear/{block}"
+
+
+def _site_targets(lookup: dict[str, Any]) -> list[dict[str, Any]]:
+    """One ``{block, site, scope, sparsity}`` per site of every block, in block then site order.
+
+    Checks what it reads, so that a hand-made or truncated lookup dict is one sentence rather than a
+    ``KeyError`` (:func:`allocator.read_lookup` validates a lookup file fully).
+    """
+    try:
+        architecture = str(lookup["model"]["architecture"])
+        blocks = lookup["blocks"]
+        targets = [
+            {"block": b, "site": site, "sparsity": float(block["sites"][site]["sparsity"])}
+            for b, block in enumerate(blocks)
+            for site in SITE_NAMES
+        ]
+        n_blocks = int(lookup["model"]["n_blocks"])
+    except KeyError as error:
+        raise LookupFileError(f"The lookup is incomplete or malformed (no {error} entry).") from None
+    except (TypeError, ValueError) as error:
+        raise LookupFileError(f"The lookup is incomplete or malformed ({error}).") from None
+    if len(blocks) != n_blocks:
+        raise LookupFileError(
+            f"The lookup is incomplete or malformed ({len(blocks)} blocks for a model of {n_blocks})."
+        )
+    outside = next((t for t in targets if not 0.0 <= t["sparsity"] < 1.0), None)
+    if outside is not None:
+        raise LookupFileError(
+            f"The lookup gives site {outside['site']} of block {outside['block']} a sparsity of "
+            f"{outside['sparsity']}, outside [0, 1)."
+        )
+    return [
+        {"block": t["block"], "site": t["site"], "scope": nncf_scope(architecture, t["block"], t["site"]), **t}
+        for t in targets
+    ]
+
+
+def _divergences(lookup: dict[str, Any]) -> list[str]:
+    """Where applying the lookup with NNCF differs from what the study evaluated, one sentence each."""
+    notes = []
+    if lookup.get("score", {}).get("kind", "magnitude") != "magnitude":
+        notes.append(
+            f"The lookup's score is {lookup['score']['kind']!r}, but NNCF ranks inputs by |x| alone: it meets "
+            "each site's sparsity with other entries zeroed than the study's."
+        )
+    fraction = float(lookup.get("sparsify_fraction", 1.0))
+    if fraction < 1.0:
+        notes.append(
+            f"The study sparsified only the last {fraction:g} of each prompt's tokens; NNCF sparsifies every token."
+        )
+    return notes
+
+
+def nncf_document(lookup: dict[str, Any]) -> dict[str, Any]:
+    """The ``nncf.json`` document for ``lookup`` (plain JSON: needs neither nncf nor torch)."""
+    targets = _site_targets(lookup)  # checks the lookup first
+    return {
+        "format": NNCF_FORMAT,
+        "about": (
+            f"Per-site activation sparsity targets for NNCF's {NNCF_FUNCTION} ({NNCF_REQUIREMENT}), from a "
+            "sparsealloc lookup: give it {TargetScope(names=[t['scope']]): t['sparsity'] for t in targets}. "
+            "NNCF calibrates its own thresholds of |x| on your data; the lookup's thresholds are not used."
+        ),
+        "nncf": {
+            "requirement": NNCF_REQUIREMENT,
+            "function": NNCF_FUNCTION,
+            "scope": "TargetScope(names=[scope])",
+            "scope_names": "NNCF 3.4 torch graph nodes: the site's module path in its block, "
+            "'/'-separated, under 'model/', then 'linear/<block index>'",
+        },
+        "model": lookup["model"],
+        "lookup": {key: lookup.get(key) for key in ("format", "created_at", "target_sparsity", "achieved_sparsity")},
+        "score": lookup.get("score", {}).get("kind"),
+        "sparsify_fraction": lookup.get("sparsify_fraction"),
+        "notes": _divergences(lookup),
+        "targets": targets,
+    }
+
+
+def write_nncf_file(directory: Path, lookup: dict[str, Any]) -> None:
+    """Write ``nncf.json`` for ``lookup`` into ``directory`` atomically (beside ``lookup.json``, say).
+
+    Pure JSON, so an export can carry NNCF's targets where neither nncf nor torch is installed; it fits
+    :func:`allocator.write_lookup`'s ``extra`` callback as ``lambda d: write_nncf_file(d, lookup)``.
+    """
+    from allocator import atomic_write_bytes
+
+    text = json.dumps(nncf_document(lookup), indent=2, allow_nan=False) + "\n"
+    path = Path(directory) / NNCF_FILE
+    try:
+        atomic_write_bytes(path, text.encode("utf-8"))
+    except OSError as error:
+        raise OutputError(f"Cannot write {str(path)!r}: {error.strerror or error}.") from error
+
+
+def _check_model(lookup: dict[str, Any], model: Any) -> None:
+    """Refuse a model other than the lookup's (architecture, then fingerprint), as ``load_lookup`` does."""
+    from allocator import model_fingerprint
+
+    expected = lookup["model"]
+    architecture = getattr(getattr(model, "config", None), "model_type", None)
+    if architecture != expected.get("architecture"):
+        raise LookupFileError(
+            f"The lookup is for a {expected.get('architecture')!r} model, not {architecture!r}; "
+            "export one for this model."
+        )
+    fingerprint = model_fingerprint(model)
+    if fingerprint != expected.get("fingerprint"):
+        raise LookupFileError(
+            f"The lookup was made for another model ({expected.get('name')!r}, fingerprint "
+            f"{str(expected.get('fingerprint'))[:12]}), not this one (fingerprint {fingerprint[:12]})."
+        )
+
+
+def nncf_targets(lookup: dict[str, Any], model: Any) -> dict[str, float]:
+    """NNCF node name -> target sparsity, one entry per site of every block, for ``model``.
+
+    Checks first that ``model`` (a transformers causal LM, not yet wrapped by NNCF: its hooks change the
+    fingerprint) is the one the lookup was made for, since NNCF would apply any lookup of the same
+    architecture without complaint.
+    """
+    targets = _site_targets(lookup)
+    _check_model(lookup, model)
+    return {target["scope"]: target["sparsity"] for target in targets}
+
+
+def _import_nncf() -> tuple[Any, Any, Any]:
+    """nncf, its ``TargetScope`` and ``sparsify_activations``; or one sentence saying how to install nncf."""
+    try:
+        import nncf
+        from nncf.experimental.torch.sparsify_activations import TargetScope, sparsify_activations
+    except ImportError:
+        raise NNCFNotInstalledError("NNCF is not installed; `pip install sparsealloc[nncf]`.") from None
+    return nncf, TargetScope, sparsify_activations
+
+
+def _as_dataset(nncf: Any, dataset: Any, model: Any, batch_size: int) -> Any:
+    """``dataset`` as an ``nncf.Dataset`` of model inputs: as given, or a token tensor cut into batches."""
+    import torch
+
+    if isinstance(dataset, nncf.Dataset):
+        return dataset
+    if not isinstance(dataset, torch.Tensor):
+        return nncf.Dataset(dataset)  # items are passed to the model as NNCF does: dict -> kwargs, tuple -> args
+    if dataset.dim() != 2 or dataset.shape[0] == 0 or batch_size < 1:
+        raise InputError(
+            "The calibration tokens should be a non-empty n x seq_len tensor and `batch_size` positive, got shape "
+            f"{tuple(dataset.shape)} and {batch_size}."
+        )
+    device = next(model.parameters()).device
+    batches = [
+        {"input_ids": dataset[start : start + batch_size].to(device), "use_cache": False}  # (B, T)
+        for start in range(0, dataset.shape[0], batch_size)
+    ]
+    return nncf.Dataset(batches)
+
+
+def sparsify(model: Any, lookup_dir: str | Path, dataset: Any, *, batch_size: int = 8, **kwargs: Any) -> Any:
+    """Sparsify ``model``'s linear inputs with NNCF at the lookup's per-site sparsities; returns NNCF's model.
+
+    ``dataset`` calibrates NNCF's thresholds: an ``nncf.Dataset`` of model inputs, any iterable NNCF can wrap
+    as one, or a ``n x seq_len`` tensor of token ids (run in batches of ``batch_size`` rows). ``kwargs`` go
+    to NNCF's ``sparsify_activations`` (``ignored_scope``). NNCF averages each layer's per-batch quantiles
+    with more weight on the last batches (an exponential moving average, alpha 0.2), so a few large batches
+    calibrate better than many small ones.
+
+    The lookup is read and checked first (format, completeness, and that ``model`` is the lookup's model);
+    NNCF then wraps ``model`` in place, so the returned model is ``model`` itself with NNCF's hooks, whose
+    ``ActivationsSparsifier`` modules hold each layer's calibrated ``running_threshold``.
+    """
+    nncf, target_scope, sparsify_activations = _import_nncf()
+    from allocator import read_lookup
+
+    lookup = read_lookup(lookup_dir)
+    targets = nncf_targets(lookup, model)
+    for note in _divergences(lookup):
+        warnings.warn(note, UserWarning, stacklevel=2)
+    scopes = {target_scope(names=[name]): sparsity for name, sparsity in targets.items()}
+    return sparsify_activations(model, _as_dataset(nncf, dataset, model, batch_size), scopes, **kwargs)
