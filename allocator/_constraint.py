@@ -319,18 +319,21 @@ def maximin_order(pool: np.ndarray, chosen: np.ndarray, n: int) -> np.ndarray:
     """
     m = pool.shape[0]
     n = min(n, m)
+    picks: list[int] = []
     if chosen.shape[0]:
         dist = np.min(((pool[:, None, :] - chosen[None, :, :]) ** 2).sum(-1), axis=1)
     else:
         # No anchor: the first pick is the pool point nearest the pool's centroid, then spread out.
-        dist = -(((pool - pool.mean(0)) ** 2).sum(-1))
-    picks: list[int] = []
-    for _ in range(n):
+        first = int(np.argmin(((pool - pool.mean(0)) ** 2).sum(-1))) if n else 0
+        picks.append(first)
+        dist = ((pool - pool[first]) ** 2).sum(-1)
+        dist[first] = -np.inf
+    while len(picks) < n:
         i = int(np.argmax(dist))
         picks.append(i)
         dist = np.minimum(dist, ((pool - pool[i]) ** 2).sum(-1))
-        dist[i] = -1.0
-    return np.asarray(picks, dtype=np.int64)
+        dist[picks] = -np.inf  # a pick is never picked again
+    return np.asarray(picks[:n], dtype=np.int64)
 
 
 def _project_one(y: np.ndarray, w: np.ndarray, lo: np.ndarray, hi: np.ndarray, c: float) -> np.ndarray:

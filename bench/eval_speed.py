@@ -22,14 +22,14 @@ from pathlib import Path
 import torch
 
 from allocator import (
-    PerplexityObjective,
+    Objective,
     Score,
     SparseModel,
     batch_nll,
     calibrate,
     load_model,
     load_text,
-    tokenize_split,
+    make_token_sets,
 )
 
 RESULTS = Path(__file__).parent / "results"
@@ -66,12 +66,11 @@ def main() -> None:
         args.repeats, args.sequences, args.seq_len = 1, 4, 128
 
     loaded = load_model("smollm2-135m")
-    split = tokenize_split(
+    split = make_token_sets(
         load_text("pydoc"),
         loaded.tokenizer,
         seq_len=args.seq_len,
-        n_calibration=args.sequences,
-        n_heldout=args.sequences,
+        counts={"calibration": args.sequences, "heldout": args.sequences},
     )
     adapter, tokens = loaded.adapter, split.calibration
     print(f"SmolLM2-135M: {tokens.numel():,} calibration tokens, batch {args.batch_size}")
@@ -88,8 +87,8 @@ def main() -> None:
         rows["calibration"].append(calibration.seconds)
         weight_aware = calibrate(adapter, tokens, score=Score("weight_aware"), batch_size=args.batch_size)
         rows["calibration_weight_aware"].append(weight_aware.seconds)
-        objective = PerplexityObjective(SparseModel(adapter, calibration), split, batch_size=args.batch_size)
-        rows["sparse_eval"].append(objective(0.5).seconds)
+        objective = Objective(SparseModel(adapter, calibration), batch_size=args.batch_size)
+        rows["sparse_eval"].append(objective.evaluate(0.5, tokens, rule="threshold").seconds)
         print(f"repeat {repeat + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in rows.items()))
     median = {key: statistics.median(values) for key, values in rows.items()}
     ratios = {
@@ -99,10 +98,10 @@ def main() -> None:
         "weight_aware_calibration_over_dense_body": median["calibration_weight_aware"] / median["dense_body"],
     }
     assert calibration is not None
-    objective = PerplexityObjective(SparseModel(adapter, calibration), split, batch_size=args.batch_size)
+    objective = Objective(SparseModel(adapter, calibration), batch_size=args.batch_size)
     heldout = []
     for level in LEVELS:
-        evaluation = objective.heldout(level)
+        evaluation = objective.evaluate(level, split.heldout, rule="threshold")
         heldout.append(
             {"sparsity": level, "perplexity": evaluation.perplexity, "measured_sparsity": evaluation.measured_sparsity}
         )

@@ -18,13 +18,13 @@ from eval_speed import dense_body_seconds  # bench/ is on sys.path when a script
 
 from allocator import (
     GreedySplit,
-    PerplexityObjective,
+    Objective,
     SparseModel,
     build_greedy_table,
     calibrate,
     load_model,
     load_text,
-    tokenize_split,
+    make_token_sets,
 )
 
 RESULTS = Path(__file__).parent / "results"
@@ -44,30 +44,30 @@ def main() -> None:
         args.steps, args.sequences, args.seq_len, args.levels = [0.1], 4, 128, [0.5]
 
     loaded = load_model("smollm2-135m")
-    split = tokenize_split(
+    split = make_token_sets(
         load_text("pydoc"),
         loaded.tokenizer,
         seq_len=args.seq_len,
-        n_calibration=args.sequences,
-        n_heldout=args.sequences,
+        counts={"calibration": args.sequences, "heldout": args.sequences},
     )
     adapter = loaded.adapter
     dense_body_seconds(adapter, split.calibration[:2], 2)  # warm-up
     calibration = calibrate(adapter, split.calibration)
     dense = dense_body_seconds(adapter, split.calibration, 8)
     print(f"calibration pass {calibration.seconds:.1f} s, dense body pass {dense:.1f} s")
-    uniform = PerplexityObjective(SparseModel(adapter, calibration), split)
+    uniform = Objective(SparseModel(adapter, calibration))
     rows = []
-    uniform_heldout = {level: uniform.heldout(level).perplexity for level in args.levels}
+    # At exactly each level's sparsity on the held-out text (the quantile rule), so splits compare fairly.
+    uniform_heldout = {level: uniform.evaluate(level, split.heldout).perplexity for level in args.levels}
     for step in args.steps:
         table = build_greedy_table(
             adapter, calibration, split.calibration[: args.greedy_sequences], step=step, max_sparsity=0.9
         )
         seconds = table.settings["seconds"]
-        greedy = PerplexityObjective(SparseModel(adapter, calibration, split=GreedySplit(table)), split)
+        greedy = Objective(SparseModel(adapter, calibration, split=GreedySplit(table)))
         levels = []
         for level in args.levels:
-            heldout = greedy.heldout(level).perplexity
+            heldout = greedy.evaluate(level, split.heldout).perplexity
             levels.append({"sparsity": level, "greedy_heldout": heldout, "uniform_heldout": uniform_heldout[level]})
             print(f"step {step}: {level:.2f} greedy {heldout:.3f} vs uniform {uniform_heldout[level]:.3f}")
         rows.append(

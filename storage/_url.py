@@ -74,7 +74,8 @@ def mask_url(url: str) -> str:
     _remember_passwords(parsed)
     if "password" in parsed.query:
         parsed = parsed.update_query_dict({"password": _MASK})
-    return redact(parsed.render_as_string(hide_password=True))
+    # Rendering percent-encodes the query's mask; show it as it is meant to read.
+    return redact(parsed.render_as_string(hide_password=True).replace("password=%2A%2A%2A", f"password={_MASK}"))
 
 
 def redact(text: str) -> str:

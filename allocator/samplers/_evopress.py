@@ -66,8 +66,8 @@ class EvoPressOptions(SamplerOptions):
     num_levels: int = Field(default=8, ge=1)
     step: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
     max_flips: int = Field(default=3, ge=1)
-    stages: list[tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]] | None = Field(
-        default_factory=lambda: [(2, 2), (8, 1)]
+    stages: list[Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2, max_length=2)]] | None = Field(
+        default_factory=lambda: [[2, 2], [8, 1]], min_length=1
     )
 
 

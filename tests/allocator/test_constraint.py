@@ -276,3 +276,11 @@ def test_equality_constraints_in_raw_and_normalised_space() -> None:
     assert rhs == pytest.approx(0.4 * 6 - (0.0 + 0.2 + 0.9))
     b = space.botorch_bounds()
     assert b.shape == (2, 3) and b.dtype == torch.float64
+
+
+def test_a_design_without_an_anchor_has_distinct_points():
+    """Regression: without ``start`` the maximin order once revisited its own picks (duplicate design points)."""
+    for weights in ([2654208.0] * 30, [1.0] * 30):
+        space = ConstraintSpace(weights=weights, target=0.6, lower=0.0, upper=0.9)
+        points = space.sample(40, seed=0)
+        assert len({tuple(np.round(p, 9)) for p in points}) == 40
