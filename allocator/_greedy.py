@@ -156,7 +156,8 @@ class _CandidateSparsifiers:
             x = args[0]  # (K*B, T, C)
             k = self.n_candidates
             stacked = x.reshape(k, -1, x.shape[-2], x.shape[-1])  # (K, B, T, C)
-            keep = torch.sign(stacked.abs() - self.thresholds[index]).clamp_(min=0)
+            threshold = self.thresholds[index].to(device=x.device)
+            keep = torch.sign(stacked.abs() - threshold).clamp_(min=0)
             n_tokens = x.shape[-2]
             if self.sparsify_fraction < 1.0 and n_tokens > 1:
                 keep[..., : n_tokens - int(self.sparsify_fraction * n_tokens), :] = 1.0

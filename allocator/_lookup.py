@@ -226,13 +226,8 @@ def lookup_thresholds(lookup: dict[str, Any]) -> torch.Tensor:
     )
 
 
-def load_lookup(model: Any, path: str | Path) -> Sparsifiers:
-    """Install a lookup's thresholds on ``model`` (a transformers causal LM); returns the installed hooks.
-
-    The result owns every hook: call ``.remove()`` (or use it as a context manager) to make the model dense
-    again. Refuses a lookup of another format version, architecture or model fingerprint.
-    """
-    lookup = read_lookup(path)
+def check_lookup_model(lookup: dict[str, Any], model: Any) -> None:
+    """Refuse a model other than the lookup's: another architecture, then another fingerprint."""
     expected = lookup["model"]
     architecture = getattr(getattr(model, "config", None), "model_type", None)
     if architecture != expected.get("architecture"):
@@ -246,6 +241,16 @@ def load_lookup(model: Any, path: str | Path) -> Sparsifiers:
             f"The lookup was made for another model ({expected.get('name')!r}, fingerprint "
             f"{str(expected.get('fingerprint'))[:12]}), not this one (fingerprint {fingerprint[:12]})."
         )
+
+
+def load_lookup(model: Any, path: str | Path) -> Sparsifiers:
+    """Install a lookup's thresholds on ``model`` (a transformers causal LM); returns the installed hooks.
+
+    The result owns every hook: call ``.remove()`` (or use it as a context manager) to make the model dense
+    again. Refuses a lookup of another format version, architecture or model fingerprint.
+    """
+    lookup = read_lookup(path)
+    check_lookup_model(lookup, model)
     adapter = ModelAdapter(model)
     sparsifiers = Sparsifiers(
         adapter, score=Score.from_description(lookup["score"]), sparsify_fraction=float(lookup["sparsify_fraction"])

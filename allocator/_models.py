@@ -14,11 +14,12 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from allocator._adapters import SUPPORTED_ARCHITECTURES, ModelAdapter
+from allocator._device import Placement, resolve_placement
 from allocator.errors import ModelSourceError, UnsupportedArchitectureError
 
 if TYPE_CHECKING:
@@ -73,6 +74,16 @@ class LoadedModel:
     name: str
     source: str
     fingerprint: str
+    placement: Placement = field(default_factory=lambda: Placement(device="cpu", dtype="float32"))
+
+    @property
+    def device(self) -> str:
+        return self.placement.device
+
+    @property
+    def dtype(self) -> str:
+        """The weights' dtype name (``float32``, ``bfloat16``...): artifacts computed with it are keyed by it."""
+        return self.placement.dtype
 
     @property
     def architecture(self) -> str:
@@ -127,21 +138,25 @@ def _weights_digest(state: dict[str, torch.Tensor]) -> str:
 
 
 def load_model(
-    source: str | os.PathLike[str], *, dtype: torch.dtype | None = None, cache_dir: Path | None = None
+    source: str | os.PathLike[str],
+    *,
+    device: str = "cpu",
+    dtype: str | torch.dtype = "float32",
+    cache_dir: Path | None = None,
 ) -> LoadedModel:
     """Load ``source``: an embedded name (``smollm2-135m``), a ``.gguf`` file, or a local HF directory.
 
-    The model is returned in eval mode, in ``dtype`` (float32 by default: CPU-friendly and exact enough for
-    perplexity comparisons), with an adapter for its architecture; an unsupported architecture or a model
-    that is not a causal LM raises one clear error.
+    The model is returned in eval mode on ``device`` in ``dtype`` (``auto`` for either: CUDA with bfloat16
+    where a GPU is present, else the CPU with float32), with an adapter for its architecture. The weights
+    load straight into the target dtype and device (a sharded checkpoint shard by shard), never as a float32
+    copy on the CPU first. An unsupported architecture or a model that is not a causal LM raises one clear
+    error.
     """
-    import torch
-
-    dtype = dtype or torch.float32
+    placement = resolve_placement(device, dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch."))
     name = str(source)
     kind, path = _locate(source)
     directory = _cached_gguf(path, cache_dir or cache_root()) if kind == "gguf" else path
-    model, tokenizer = _load_directory(directory, dtype=dtype, label=name)
+    model, tokenizer = _load_directory(directory, placement=placement, label=name)
     adapter = ModelAdapter(model)
     return LoadedModel(
         model=model,
@@ -150,6 +165,7 @@ def load_model(
         name=name,
         source=str(directory),
         fingerprint=model_fingerprint(model),
+        placement=placement,
     )
 
 
@@ -299,12 +315,14 @@ def _check_config(directory: Path, *, label: str) -> Any:
     return config
 
 
-def _load_directory(directory: Path, *, dtype: torch.dtype, label: str) -> tuple[Any, Any]:
+def _load_directory(directory: Path, *, placement: Placement, label: str) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _check_config(directory, label=label)  # refuse before reading any weights: a large model loads slowly
+    # A device map makes transformers place each shard's tensors on the device as it reads them.
+    device_map = None if placement.device == "cpu" else placement.device
     try:
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=placement.torch_dtype, device_map=device_map)
     except ValueError as error:
         raise ModelSourceError(f"Model {label!r} could not be loaded: {error}") from error
     except OSError as error:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -114,7 +115,10 @@ def evaluate_tokens(
     measured_site_sparsity: Callable[[], torch.Tensor] | None = None,
 ) -> Evaluation:
     """Perplexity (and KL to ``reference``, whose sequences are ``tokens``') of the model as it is, with
-    whatever sparsifiers are installed; ``measured_sparsity`` reads their counts once the pass is done."""
+    whatever sparsifiers are installed; ``measured_sparsity`` reads their counts once the pass is done.
+
+    A CUDA out-of-memory error halves the batch and retries it (said once, as a warning).
+    """
     if batch_size < 1:
         raise InputError(f"The value of `batch_size` should be a positive integer, got {batch_size}.")
     if reference is not None and reference.n_sequences != tokens.shape[0]:
@@ -125,17 +129,25 @@ def evaluate_tokens(
     started = time.perf_counter()
     sequence_nll: list[float] = []
     sequence_kl: list[float] = []
-    complete = True
-    for start in range(0, tokens.shape[0], batch_size):
+    complete, start = True, 0
+    while start < tokens.shape[0]:
         batch = tokens[start : start + batch_size].to(device)
         rows = None if reference is None else reference.rows(slice(start, start + batch.shape[0]))
-        nll, kl = _per_position(adapter, batch, rows, head_chunk)
+        try:
+            nll, kl = _per_position(adapter, batch, rows, head_chunk)
+        except torch.cuda.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            batch_size //= 2
+            warnings.warn(f"Out of GPU memory: evaluating {batch_size} sequences at a time.", stacklevel=2)
+            torch.cuda.empty_cache()
+            continue
         sequence_nll += nll.mean(dim=1).tolist()
         if kl is not None:
             sequence_kl += kl.mean(dim=1).tolist()
-        done = start + batch.shape[0]
-        if on_batch is not None and on_batch(done, sum(sequence_nll) / len(sequence_nll)):
-            complete = done >= tokens.shape[0]
+        start += batch.shape[0]
+        if on_batch is not None and on_batch(start, sum(sequence_nll) / len(sequence_nll)):
+            complete = start >= tokens.shape[0]
             break
     mean_nll = sum(sequence_nll) / len(sequence_nll)
     sites = () if measured_site_sparsity is None else tuple(map(tuple, measured_site_sparsity().tolist()))

@@ -30,7 +30,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from allocator.errors import InputError
 
@@ -52,6 +62,25 @@ def _check_samplers(info: ValidationInfo) -> bool:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ModelConfig(_Strict):
+    """The model and where it runs. A plain string is the source with ``device`` and ``dtype`` ``auto``."""
+
+    source: str = "smollm2-135m"
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    @model_serializer(mode="wrap")
+    def _shorthand(self, handler: Any) -> Any:
+        # Stored as the plain source when nothing else is chosen, as configurations always were.
+        if self.device == "auto" and self.dtype == "auto":
+            return self.source
+        return handler(self)
+
+
+def _model_entry(value: Any) -> Any:
+    return {"source": value} if isinstance(value, str) else value
 
 
 class DataConfig(_Strict):
@@ -167,7 +196,7 @@ class EvaluationConfig(_Strict):
 
 class StudyConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-    model: str = "smollm2-135m"
+    model: Annotated[ModelConfig, BeforeValidator(_model_entry)] = ModelConfig()
     data: DataConfig = DataConfig()
     sparsity: SparsityConfig
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)

@@ -9,7 +9,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from allocator import ConstraintSpace, check_model_source, check_text_source
+from allocator import ConstraintSpace, check_model_source, check_text_source, resolve_placement
 from allocator import trial_attributes as attrs
 from allocator.errors import InputError
 from storage import Database
@@ -24,7 +24,8 @@ def check_study(config: StudyConfig) -> int:
     blocks of equal size, so the block weights of the model-level average are equal and the reachable
     range is checked exactly here; the first worker checks it again with the weights it reads.
     """
-    n_blocks = check_model_source(config.model)
+    resolve_placement(config.model.device, config.model.dtype)  # a device this machine lacks is refused here
+    n_blocks = check_model_source(config.model.source)
     for source in (config.data.source, config.data.heldout, config.data.ood):
         if source is not None:
             check_text_source(source)

@@ -256,6 +256,7 @@ def calibration_for(
         "model": loaded.fingerprint,
         "tokens": tokens.hash("calibration"),
         "score": score.describe(),
+        **({"dtype": loaded.dtype} if loaded.dtype != "float32" else {}),
     }
 
     def compute() -> bytes:
@@ -344,6 +345,8 @@ def reference_for(
     """The stored dense reference of a role's tokens, or a new one (one dense pass)."""
     k = config.search.reference_top_k
     settings = {"format": REFERENCE_FORMAT, "model": loaded.fingerprint, "tokens": tokens.hash(role), "k": k}
+    if loaded.dtype != "float32":  # float32 keys as before, so stored artifacts stay found
+        settings["dtype"] = loaded.dtype
 
     def compute() -> bytes:
         advance = progress(f"Dense reference ({role})", tokens[role].shape[0]) if progress else None
@@ -375,10 +378,17 @@ def open_session(
     *,
     notify: Notify = lambda message: None,
     progress: Progress | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> StudySession:
-    """Build a study's session: model, tokens, constraint space, calibration, greedy tables, objective."""
-    notify(f"Loading model {config.model}")
-    loaded = load_model(config.model)
+    """Build a study's session: model, tokens, constraint space, calibration, greedy tables, objective.
+
+    ``device`` and ``dtype`` override the study's for this process (one worker per GPU: ``cuda:1``).
+    """
+    device = device or config.model.device
+    dtype = dtype or config.model.dtype
+    notify(f"Loading model {config.model.source}")
+    loaded = load_model(config.model.source, device=device, dtype=dtype)
     space = build_space(config, loaded.adapter.block_weights().tolist())  # bad bounds fail before any pass
     if isinstance(artifacts, Database):
         artifacts.register_model(loaded.identity(), loaded.adapter.site_weights().tolist())

@@ -71,6 +71,21 @@ def cli(verbose: bool) -> None:
 
 
 # -- shared options ---------------------------------------------------------------------------------------
+def _placement_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``--device`` and ``--dtype``: where the model runs (one worker per GPU: ``--device cuda:1``)."""
+    function = click.option(
+        "--dtype",
+        type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+        default=None,
+        help="Weights' precision (default: the study's, else auto: bfloat16 on CUDA, float32 on the CPU).",
+    )(function)
+    return click.option(
+        "--device",
+        default=None,
+        help="auto, cpu, cuda, cuda:N or mps (default: the study's, else auto: CUDA where present, else CPU).",
+    )(function)
+
+
 def _model_data_options(function: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option(
@@ -123,7 +138,7 @@ def _model_data_options(function: Callable[..., Any]) -> Callable[..., Any]:
     ]
     for option in reversed(options):
         function = option(function)
-    return function
+    return _placement_options(function)
 
 
 def _adhoc_session(*, sparsify_fraction: float = 1.0, **options: Any) -> Any:
@@ -134,7 +149,11 @@ def _adhoc_session(*, sparsify_fraction: float = 1.0, **options: Any) -> Any:
     config = parse_config(
         {
             "name": "adhoc",
-            "model": options["model"],
+            "model": {
+                "source": options["model"],
+                "device": options.get("device") or "auto",
+                "dtype": options.get("dtype") or "auto",
+            },
             "data": {
                 "source": options["data"],
                 "seq_len": options["seq_len"],
@@ -267,7 +286,18 @@ def evaluate(sparsity: float, sparsify_fraction: float, **options: Any) -> None:
 @click.option("--sequences", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-def apply(lookup_path: Path, model: str, data: str, seq_len: int, sequences: int, seed: int, batch_size: int) -> None:
+@_placement_options
+def apply(
+    lookup_path: Path,
+    model: str,
+    data: str,
+    seq_len: int,
+    sequences: int,
+    seed: int,
+    batch_size: int,
+    device: str | None,
+    dtype: str | None,
+) -> None:
     """Install an exported lookup on MODEL and report perplexity and measured sparsity on DATA."""
     from allocator import (
         compute_reference,
@@ -280,7 +310,7 @@ def apply(lookup_path: Path, model: str, data: str, seq_len: int, sequences: int
     )
 
     read_lookup(lookup_path)  # refuse a bad lookup before loading the model
-    loaded = load_model(model)
+    loaded = load_model(model, device=device or "auto", dtype=dtype or "auto")
     counts = {"heldout": sequences}
     tokens = make_token_sets(load_text(data), loaded.tokenizer, seq_len=seq_len, counts=counts, seed=seed).heldout
     reference = compute_reference(loaded.adapter, tokens, batch_size=batch_size)  # the dense model, before
@@ -365,7 +395,15 @@ def _open_study(name: str, storage: str | None, wait_s: float) -> tuple[Any, Any
             time.sleep(2.0)
 
 
-def _run(name: str, storage: str | None, trials: int | None, *, wait_s: float = 0.0) -> None:
+def _run(
+    name: str,
+    storage: str | None,
+    trials: int | None,
+    *,
+    wait_s: float = 0.0,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> None:
     import optuna
 
     from studies._manage import summarize
@@ -381,7 +419,9 @@ def _run(name: str, storage: str | None, trials: int | None, *, wait_s: float = 
             task = progress.add_task(label, total=total)
             return lambda n: progress.advance(task, n)
 
-        session = open_session(database, config, notify=progress.console.print, progress=bar)
+        session = open_session(
+            database, config, notify=progress.console.print, progress=bar, device=device, dtype=dtype
+        )
         target = target_trials(session, trials)
         complete = count_states(load_optuna_study(session))[optuna.trial.TrialState.COMPLETE]
         reporter = RichReporter(progress, target, complete)
@@ -407,18 +447,20 @@ _trials_option = click.option(
 @click.argument("name")
 @_trials_option
 @_storage_option
-def study_run(name: str, trials: int | None, storage: str | None) -> None:
-    """Run study NAME until it has the requested number of finished trials."""
-    _run(name, storage, trials)
+@_placement_options
+def study_run(name: str, trials: int | None, storage: str | None, device: str | None, dtype: str | None) -> None:
+    """Run study NAME until it has the requested number of finished trials (or its token budget is spent)."""
+    _run(name, storage, trials, device=device, dtype=dtype)
 
 
 @study.command("resume")
 @click.argument("name")
 @_trials_option
 @_storage_option
-def study_resume(name: str, trials: int | None, storage: str | None) -> None:
+@_placement_options
+def study_resume(name: str, trials: int | None, storage: str | None, device: str | None, dtype: str | None) -> None:
     """Continue study NAME after an interruption: interrupted trials are failed and retried."""
-    _run(name, storage, trials)
+    _run(name, storage, trials, device=device, dtype=dtype)
 
 
 @cli.command()
@@ -432,9 +474,10 @@ def study_resume(name: str, trials: int | None, storage: str | None) -> None:
     show_default=True,
     help="Seconds to wait for the study (and its database) to be created.",
 )
-def worker(name: str, storage: str | None, wait_s: float) -> None:
+@_placement_options
+def worker(name: str, storage: str | None, wait_s: float, device: str | None, dtype: str | None) -> None:
     """One more worker on study NAME (any number may share a study, on one or several machines)."""
-    _run(name, storage, None, wait_s=wait_s)
+    _run(name, storage, None, wait_s=wait_s, device=device, dtype=dtype)
 
 
 @study.command("status")

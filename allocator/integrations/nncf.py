@@ -136,25 +136,6 @@ def write_nncf_file(directory: Path, lookup: dict[str, Any]) -> None:
         raise OutputError(f"Cannot write {str(path)!r}: {error.strerror or error}.") from error
 
 
-def _check_model(lookup: dict[str, Any], model: Any) -> None:
-    """Refuse a model other than the lookup's (architecture, then fingerprint), as ``load_lookup`` does."""
-    from allocator import model_fingerprint
-
-    expected = lookup["model"]
-    architecture = getattr(getattr(model, "config", None), "model_type", None)
-    if architecture != expected.get("architecture"):
-        raise LookupFileError(
-            f"The lookup is for a {expected.get('architecture')!r} model, not {architecture!r}; "
-            "export one for this model."
-        )
-    fingerprint = model_fingerprint(model)
-    if fingerprint != expected.get("fingerprint"):
-        raise LookupFileError(
-            f"The lookup was made for another model ({expected.get('name')!r}, fingerprint "
-            f"{str(expected.get('fingerprint'))[:12]}), not this one (fingerprint {fingerprint[:12]})."
-        )
-
-
 def nncf_targets(lookup: dict[str, Any], model: Any) -> dict[str, float]:
     """NNCF node name -> target sparsity, one entry per site of every block, for ``model``.
 
@@ -163,7 +144,9 @@ def nncf_targets(lookup: dict[str, Any], model: Any) -> dict[str, float]:
     architecture without complaint.
     """
     targets = _site_targets(lookup)
-    _check_model(lookup, model)
+    from allocator._lookup import check_lookup_model  # imports torch: not needed to write nncf.json
+
+    check_lookup_model(lookup, model)
     return {target["scope"]: target["sparsity"] for target in targets}
 
 
@@ -220,3 +203,43 @@ def sparsify(model: Any, lookup_dir: str | Path, dataset: Any, *, batch_size: in
         warnings.warn(note, UserWarning, stacklevel=2)
     scopes = {target_scope(names=[name]): sparsity for name, sparsity in targets.items()}
     return sparsify_activations(model, _as_dataset(nncf, dataset, model, batch_size), scopes, **kwargs)
+
+
+def nncf_sparsifiers(model: Any) -> dict[str, Any]:
+    """NNCF's ``ActivationsSparsifier`` modules of a sparsified model, by graph node.
+
+    NNCF installs each as a pre-hook module named ``__nncf_hooks.pre_hooks.<node>__<port>.0``.
+    """
+    prefix = "__nncf_hooks.pre_hooks."
+    return {
+        name.removeprefix(prefix).rsplit("__", 1)[0]: module
+        for name, module in model.named_modules()
+        if name.startswith(prefix) and type(module).__name__ == "ActivationsSparsifier"
+    }
+
+
+def measured_site_sparsity(model: Any, tokens: Any, *, batch_size: int = 8) -> dict[str, float]:
+    """Per NNCF node, the share of zeros in what its linear layer really reads (its sparsifier's output), over
+    a forward pass of ``tokens`` (an ``n x seq_len`` tensor). NNCF's mask acts inside the module's forward, so
+    a pre-hook on the layer itself would see the dense input."""
+    import torch
+
+    zeros: dict[str, list[int]] = {}
+    handles = []
+    for node, sparsifier in nncf_sparsifiers(model).items():
+
+        def count(module: Any, args: Any, output: Any, node: str = node) -> None:
+            counts = zeros.setdefault(node, [0, 0])
+            counts[0] += int((output == 0).sum())
+            counts[1] += output.numel()
+
+        handles.append(sparsifier.register_forward_hook(count))
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for start in range(0, tokens.shape[0], batch_size):
+                model(input_ids=tokens[start : start + batch_size].to(device), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {node: zero / total for node, (zero, total) in zeros.items()}

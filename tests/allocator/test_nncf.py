@@ -11,7 +11,15 @@ import pytest
 import torch
 
 from allocator import SITE_NAMES, LookupFileError, Score, build_lookup, calibrate, load_model, write_lookup
-from allocator.integrations.nncf import NNCF_FILE, NNCFNotInstalledError, nncf_targets, sparsify, write_nncf_file
+from allocator.errors import NNCFNotInstalledError
+from allocator.integrations.nncf import (
+    NNCF_FILE,
+    measured_site_sparsity,
+    nncf_sparsifiers,
+    nncf_targets,
+    sparsify,
+    write_nncf_file,
+)
 from allocator.testing.tiny import build_tiny_model, save_model_dir
 
 SEQ_LEN = 64
@@ -85,46 +93,14 @@ def llama_export(tiny_tokenizer, tokens, tmp_path_factory) -> tuple[Path, Path, 
     return model_dir, out, _export(model_dir, tokens["calibration"], out)
 
 
-def _nncf_sparsifiers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """NNCF's ``ActivationsSparsifier`` per graph node (a pre-hook is ``__nncf_hooks.pre_hooks.<node>__<port>.0``)."""
-    prefix = "__nncf_hooks.pre_hooks."
-    return {
-        name.removeprefix(prefix).rsplit("__", 1)[0]: module
-        for name, module in model.named_modules()
-        if name.startswith(prefix) and type(module).__name__ == "ActivationsSparsifier"
-    }
-
-
-@torch.no_grad()
-def _measured_sparsity(model: torch.nn.Module, held: torch.Tensor) -> dict[str, float]:
-    """Per NNCF node, the share of zeros in what its linear layer really reads (the sparsifier's output)."""
-    zeros: dict[str, list[int]] = {}
-    handles = []
-    for node, sparsifier in _nncf_sparsifiers(model).items():
-
-        def count(module, args, output, node=node) -> None:
-            counts = zeros.setdefault(node, [0, 0])
-            counts[0] += int((output == 0).sum())
-            counts[1] += output.numel()
-
-        handles.append(sparsifier.register_forward_hook(count))
-    try:
-        for start in range(0, held.shape[0], 64):
-            model(input_ids=held[start : start + 64], use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {node: zero / total for node, (zero, total) in zeros.items()}
-
-
 def test_nncf_meets_every_sites_sparsity_on_heldout_tokens(nncf, llama_export, tokens):
     model_dir, out, lookup = llama_export
     model = load_model(model_dir).model
     sparse = sparsify(model, out, tokens["calibration"], batch_size=64)
     document = json.loads((out / NNCF_FILE).read_text())
     expected = {target["scope"]: target["sparsity"] for target in document["targets"]}
-    assert set(_nncf_sparsifiers(sparse)) == set(expected)  # one NNCF sparsifier per site, no other
-    measured = _measured_sparsity(sparse, tokens["heldout"])
+    assert set(nncf_sparsifiers(sparse)) == set(expected)  # one NNCF sparsifier per site, no other
+    measured = measured_site_sparsity(sparse, tokens["heldout"], batch_size=64)
     deviation = {node: measured[node] - expected[node] for node in expected}
     assert max(abs(d) for d in deviation.values()) <= 0.02, deviation
     # nncf.json's targets are the lookup's per-site sparsities, block by block.
@@ -132,7 +108,7 @@ def test_nncf_meets_every_sites_sparsity_on_heldout_tokens(nncf, llama_export, t
         assert target["sparsity"] == lookup["blocks"][target["block"]]["sites"][target["site"]]["sparsity"]
     # Block 0's q/k/v read the embeddings' norm, which nothing sparsified before them touches: there NNCF's
     # quantile of |x| and the lookup's threshold (our histogram, same tokens) are the same number.
-    thresholds = {node: float(module.running_threshold) for node, module in _nncf_sparsifiers(sparse).items()}
+    thresholds = {node: float(module.running_threshold) for node, module in nncf_sparsifiers(sparse).items()}
     for target in document["targets"][:3]:
         ours = lookup["blocks"][0]["sites"][target["site"]]["threshold"]
         assert thresholds[target["scope"]] == pytest.approx(ours, rel=0.02)

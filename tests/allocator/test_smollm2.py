@@ -75,3 +75,42 @@ def test_measured_sparsity_meets_the_target_on_unseen_documents(smollm2):
     target = sparse_model.site_sparsities(vector)
     assert abs(evaluation.measured_sparsity - sparse_model.model_sparsity(vector)) <= 0.005
     assert float((torch.tensor(evaluation.site_sparsity) - target).abs().max()) <= 0.01
+
+
+def test_a_bfloat16_study_on_the_cpu_runs_end_to_end(tmp_path):
+    """`model: {device: cpu, dtype: bfloat16}`: create, run, export, apply, all in bfloat16."""
+    import yaml
+
+    config = {
+        "name": "bf16",
+        "model": {"source": "smollm2-135m", "device": "cpu", "dtype": "bfloat16"},
+        "data": {
+            "seq_len": 64,
+            "calibration_sequences": 4,
+            "search_sequences": 4,
+            "validation_sequences": 2,
+            "heldout_sequences": 2,
+        },
+        "sparsity": {"target": 0.5},
+        "sampler": {"name": "random"},
+        "search": {"screen_sequences": 2, "promote_sequences": [2]},
+        "trials": 2,
+        "evaluation": {"heldout": "none"},
+    }
+    (tmp_path / "bf16.yaml").write_text(yaml.safe_dump(config))
+    url = f"sqlite:///{tmp_path / 'db.db'}"
+    for args in (
+        ["study", "create", str(tmp_path / "bf16.yaml")],
+        ["study", "run", "bf16"],
+        ["study", "export", "bf16", "--out", str(tmp_path / "lookup")],
+    ):
+        result = subprocess.run([SPARSEALLOC, *args, "--storage", url], capture_output=True, text=True, timeout=1200)
+        assert result.returncode == 0, result.stderr
+    applied = subprocess.run(
+        [SPARSEALLOC, "apply", "--lookup", str(tmp_path / "lookup"), "--sequences", "2", "--seq-len", "64",
+         "--device", "cpu", "--dtype", "bfloat16"],
+        capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert applied.returncode == 0, applied.stderr
+    measured = float(applied.stdout.split("measured ")[1].split()[0])
+    assert abs(measured - 0.5) < 0.05

@@ -245,3 +245,33 @@ def test_no_stray_database_files_appear(tmp_path, trained_tiny_dir, monkeypatch)
     assert_refused(run("study", "run", "tiny"), "No sparsealloc database at sparsealloc.db")
     assert not (tmp_path / "sparsealloc.db").exists()
     assert (elsewhere / "study.db").exists()
+
+
+# -- device and precision (issue 13) -----------------------------------------------------------------------------
+def test_a_device_this_machine_lacks_is_refused_before_anything_is_stored(tmp_path, trained_tiny_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    model = {"source": str(trained_tiny_dir), "device": "cuda"}
+    config = _write(tmp_path / "s.yaml", tiny_config(trained_tiny_dir) | {"model": model})
+    result = run("study", "create", config, "--storage", f"sqlite:///{tmp_path / 'new.db'}")
+    assert_refused(result, "The device 'cuda' was asked for, but this machine has no CUDA GPU")
+    assert not (tmp_path / "new.db").exists()
+    assert_refused(run("evaluate", "--model", trained_tiny_dir, "--sparsity", "0.5", "--device", "cuda:1"), "no CUDA")
+
+
+def test_a_bfloat16_study_runs_and_keys_its_artifacts_by_dtype(tmp_path, trained_tiny_dir):
+    url = f"sqlite:///{tmp_path / 'db.db'}"
+    model = {"source": str(trained_tiny_dir), "device": "cpu", "dtype": "bfloat16"}
+    for name, entry in (("half", model), ("full", str(trained_tiny_dir))):
+        config = _write(
+            tmp_path / f"{name}.yaml", tiny_config(trained_tiny_dir, name=name, trials=3) | {"model": entry}
+        )
+        assert run("study", "create", config, "--storage", url).exit_code == 0
+        result = run("study", "run", name, "--storage", url)
+        assert result.exit_code == 0 and "Computed calibration" in result.output, result.output  # one per dtype
+    trials = optuna.load_study(study_name="half", storage=url).get_trials()
+    assert all(abs(t.user_attrs["measured_sparsity"] - 0.5) < 0.01 for t in trials)
+    export = run("study", "export", "half", "--out", tmp_path / "lookup", "--storage", url)
+    assert export.exit_code == 0, export.output
