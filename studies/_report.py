@@ -38,37 +38,40 @@ def write_report(database: Database, name: str, out: str | Path) -> list[Path]:
 
 
 def _write_plots(plt: Any, config: Any, study: optuna.Study, complete: list[Any], out: Path) -> list[Path]:
-    name = config.name
     written = []
+    for plot, filename in (
+        (_best_so_far, "best_so_far.png"),
+        (_best_allocation, "best_allocation.png"),
+        (_sparsity_vs_objective, "sparsity_vs_objective.png"),
+    ):
+        figure, axis = plt.subplots(figsize=(7, 4))
+        plot(axis, config, study, complete)
+        axis.legend()
+        figure.tight_layout()
+        written.append(out / filename)
+        figure.savefig(written[-1], dpi=120)
+        plt.close(figure)
+    return written
 
-    figure, axis = plt.subplots(figsize=(7, 4))
+
+def _best_so_far(axis: Any, config: Any, study: optuna.Study, complete: list[Any]) -> None:
     if complete:
         numbers = [t.number for t in complete]
         values = np.array([t.value for t in complete])
         axis.plot(numbers, values, "o", alpha=0.35, label="trial")
-        axis.step(
-            numbers,
-            np.minimum.accumulate(values),
-            where="post",
-            label=f"best so far (search {config.search.objective})",
-        )
-        if config.search.objective == "perplexity":
-            heldout = [(t.number, attrs.heldout_perplexity(t)) for t in complete if attrs.heldout_perplexity(t)]
-        else:
-            heldout = [(t.number, attrs.heldout_kl(t)) for t in complete if attrs.heldout_kl(t)]
+        label = f"best so far (search {config.search.objective})"
+        axis.step(numbers, np.minimum.accumulate(values), where="post", label=label)
+        read = attrs.heldout_perplexity if config.search.objective == "perplexity" else attrs.heldout_kl
+        heldout = [(t.number, read(t)) for t in complete if read(t)]
         if heldout:
             axis.plot(*zip(*heldout, strict=True), "s", label="held-out of a new best (reported only)")
         axis.set_yscale("log")
     axis.set_xlabel("trial")
     axis.set_ylabel(config.search.objective)
-    axis.set_title(f"{name}: {config.sampler.name}, target {config.sparsity.target:.0%}")
-    axis.legend()
-    figure.tight_layout()
-    written.append(out / "best_so_far.png")
-    figure.savefig(written[-1], dpi=120)
-    plt.close(figure)
+    axis.set_title(f"{config.name}: {config.sampler.name}, target {config.sparsity.target:.0%}")
 
-    figure, axis = plt.subplots(figsize=(7, 4))
+
+def _best_allocation(axis: Any, config: Any, study: optuna.Study, complete: list[Any]) -> None:
     best = best_trial(study)
     if best is not None:
         vector = attrs.evaluated_vector(best)
@@ -78,13 +81,9 @@ def _write_plots(plt: Any, config: Any, study: optuna.Study, complete: list[Any]
     axis.set_xlabel("block (depth)")
     axis.set_ylabel("sparsity")
     axis.set_title("best allocation across depth")
-    axis.legend()
-    figure.tight_layout()
-    written.append(out / "best_allocation.png")
-    figure.savefig(written[-1], dpi=120)
-    plt.close(figure)
 
-    figure, axis = plt.subplots(figsize=(7, 4))
+
+def _sparsity_vs_objective(axis: Any, config: Any, study: optuna.Study, complete: list[Any]) -> None:
     points = [(attrs.measured_sparsity(t), t.value) for t in complete]
     points = [(s, v) for s, v in points if s is not None]
     if points:
@@ -94,9 +93,3 @@ def _write_plots(plt: Any, config: Any, study: optuna.Study, complete: list[Any]
     axis.set_xlabel("measured model-level sparsity (search screen)")
     axis.set_ylabel(f"search {config.search.objective}")
     axis.set_title("every trial")
-    axis.legend()
-    figure.tight_layout()
-    written.append(out / "sparsity_vs_objective.png")
-    figure.savefig(written[-1], dpi=120)
-    plt.close(figure)
-    return written

@@ -136,7 +136,8 @@ class EvoPressSampler(BlockSampler):
             child = self.space.project(child)
             if not is_duplicate(child, np.array([parent, *offspring]).reshape(-1, self.space.dim)):
                 offspring.append(child)
-        plan = {"candidates": [[float(v) for v in c] for c in [parent, *offspring]], "stages": self._stages}
+        stages = [[int(n), int(k)] for n, k in self._stages]  # JSON-like, as storage hands it back
+        plan = {"candidates": [[float(v) for v in c] for c in [parent, *offspring]], "stages": stages}
         attrs.set_system_attr(study, trial, attrs.SELECTION_PLAN, plan)
         return parent
 

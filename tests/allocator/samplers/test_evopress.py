@@ -1,4 +1,5 @@
-"""The EvoPress reproduction: (1+λ) with weight-preserving level swaps."""
+"""The EvoPress reproduction: weight-preserving level swaps; one offspring per trial (``stages: None``) here,
+its reference form's generations (staged selection by the study runner) in tests/studies/test_search.py."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def _objective(trial: optuna.Trial) -> float:
 
 
 def test_first_trial_is_the_uniform_parent_and_offspring_preserve_the_total_exactly() -> None:
-    sampler = create_sampler("evopress", space=SPACE, seed=0, offspring=3)
+    sampler = create_sampler("evopress", space=SPACE, seed=0, offspring=3, stages=None)
     study = optuna.create_study(sampler=sampler)
     study.optimize(_objective, n_trials=13)
     vecs = np.array([t.user_attrs["vector"] for t in study.trials])
@@ -50,7 +51,7 @@ def _history(study: optuna.Study, k: int):
 
 
 def test_generations_and_elitist_parent() -> None:
-    sampler = create_sampler("evopress", space=SPACE, seed=1, offspring=4)
+    sampler = create_sampler("evopress", space=SPACE, seed=1, offspring=4, stages=None)
     assert [sampler.generation(k) for k in range(10)] == [-1, 0, 0, 0, 0, 1, 1, 1, 1, 2]
     study = optuna.create_study(sampler=sampler)
     study.optimize(_objective, n_trials=9)
@@ -66,13 +67,28 @@ def test_generations_and_elitist_parent() -> None:
 
 def test_defaults_follow_evopress() -> None:
     sampler = create_sampler("evopress", space=SPACE, seed=0)
-    assert sampler._offspring == 4 and sampler._num_levels == 8
+    assert sampler._offspring == 8 and sampler._num_levels == 8 and sampler._stages == [(2, 2), (8, 1)]
     assert sampler._step == pytest.approx(0.5 * 0.5 / 8)
+
+
+def test_a_generation_is_proposed_as_distinct_offspring_of_the_parent() -> None:
+    from allocator import trial_attributes as attrs
+
+    sampler = create_sampler("evopress", space=SPACE, seed=0, offspring=5)
+    study = optuna.create_study(sampler=sampler)
+    trial = study.ask()
+    parent = suggest_allocation(trial, SPACE)
+    np.testing.assert_allclose(parent, SPACE.uniform_vector())  # the first generation's parent
+    plan = attrs.selection_plan(study, trial)
+    candidates = np.array(plan["candidates"])
+    assert candidates.shape == (6, 6) and plan["stages"] == [[2, 2], [8, 1]]
+    assert len({tuple(np.round(c, 12)) for c in candidates}) == 6
+    assert all(SPACE.contains(c, tol=1e-9) for c in candidates)
 
 
 def test_levels_stay_within_bounds_and_range() -> None:
     tight = ConstraintSpace(weights=[1.0, 1.0, 1.0], target=0.3, lower=[0.25, 0.0, 0.0], upper=[0.35, 0.9, 0.9])
-    sampler = create_sampler("evopress", space=tight, seed=0, offspring=2, num_levels=2)
+    sampler = create_sampler("evopress", space=tight, seed=0, offspring=2, num_levels=2, stages=None)
     study = optuna.create_study(sampler=sampler)
     study.optimize(lambda t: 1.0 + float(suggest_allocation(t, tight) @ [1.0, 2.0, 3.0]), n_trials=15)
     vecs = np.array([t.user_attrs["vector"] for t in study.trials])
