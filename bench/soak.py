@@ -1,6 +1,8 @@
-"""Fault soak: 3 workers on PostgreSQL and 2 on SQLite, a random worker SIGKILLed 20 times and replaced.
+"""Fault soak: 3 workers on PostgreSQL and 2 on SQLite, 20 kills each: half of them a random worker SIGKILLed
+and replaced, half a process killed between creating its trial and its first heartbeat (the window kill).
 
-Checks at the end of each: exactly the requested finished trials, none lost, no proposal evaluated twice,
+Checks at the end of each: no worker still running at the deadline (no hang), exactly the requested
+finished trials, none lost, no proposal evaluated twice,
 every finished trial on the constraint, the stored calibration intact. A short version runs in the test
 suite (tests/studies/test_soak.py).
 

@@ -12,7 +12,7 @@ from storage._database import HEARTBEAT_GRACE_S, HEARTBEAT_INTERVAL_S, Database
 from storage._errors import CONNECTION_ERRORS, database_error, is_connection_error
 from storage._leases import CLAIM_STALE_S, ArtifactClaims, owner_id
 from storage._orphans import heartbeat_orphans, rdb_storage, unheartbeated_running_trials
-from storage._tables import SCHEMA_VERSION, CalibrationRecord, Meta
+from storage._tables import SCHEMA_VERSION, CalibrationRecord, Meta, ModelRecord
 from storage._url import DEFAULT_URL, URL_ENVIRONMENT_VARIABLE, chosen_url, mask_url, redact, resolve_url
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "CalibrationRecord",
     "Database",
     "Meta",
+    "ModelRecord",
     "chosen_url",
     "database_error",
     "database_now",

@@ -226,18 +226,26 @@ class Database:
 
     # -- models ------------------------------------------------------------------------------------------
     def register_model(self, identity: dict[str, Any], site_weights: list[list[float]]) -> None:
-        with Session(self.engine) as session, session.begin():
-            if session.get(ModelRecord, identity["fingerprint"]) is None:
-                session.add(
-                    ModelRecord(
-                        fingerprint=identity["fingerprint"],
-                        name=identity["name"],
-                        source=identity["source"],
-                        architecture=identity["architecture"],
-                        n_blocks=identity["n_blocks"],
-                        site_weights=json.dumps(site_weights),
-                    )
+        """Record a model once; workers starting together may race, and the loser's insert is a no-op."""
+        with Session(self.engine) as session:
+            if session.get(ModelRecord, identity["fingerprint"]) is not None:
+                return
+            session.add(
+                ModelRecord(
+                    fingerprint=identity["fingerprint"],
+                    name=identity["name"],
+                    source=identity["source"],
+                    architecture=identity["architecture"],
+                    n_blocks=identity["n_blocks"],
+                    site_weights=json.dumps(site_weights),
                 )
+            )
+            try:
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+                if session.get(ModelRecord, identity["fingerprint"]) is None:
+                    raise
 
     # -- studies -----------------------------------------------------------------------------------------
     def register_study(self, name: str, config: dict[str, Any], config_hash: str) -> bool:

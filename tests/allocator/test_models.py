@@ -72,3 +72,40 @@ def test_unsupported_causal_lm_is_refused_before_loading_weights(tiny_tokenizer,
     (directory / "model.safetensors").unlink()  # refused from config.json alone
     with pytest.raises(UnsupportedArchitectureError, match="supports llama, mistral, qwen2, qwen3"):
         load_model(directory)
+
+
+def test_a_sharded_checkpoint_loads_straight_into_the_asked_dtype(tiny_tokenizer, tmp_path):
+    import torch
+
+    model = build_tiny_model("llama", len(tiny_tokenizer))
+    directory = tmp_path / "sharded"
+    model.save_pretrained(directory, max_shard_size="200KB")  # several shards
+    tiny_tokenizer.save_pretrained(directory)
+    assert len(list(directory.glob("model-*.safetensors"))) > 1
+    loaded = load_model(directory, device="cpu", dtype="bfloat16")
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
+    assert loaded.dtype == "bfloat16" and loaded.device == "cpu"
+    assert loaded.fingerprint == model_fingerprint(model)  # the same model, whatever its precision
+
+
+def test_out_of_memory_halves_the_batch_and_says_so(tiny_model_dir, monkeypatch):
+    import torch
+
+    from allocator import evaluate_tokens
+
+    loaded = load_model(tiny_model_dir)
+    tokens = torch.randint(0, 100, (8, 16))
+    expected = evaluate_tokens(loaded.adapter, tokens, batch_size=8)
+    forward = loaded.adapter.body.forward
+    calls = []
+
+    def scarce_memory(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        if kwargs["input_ids"].shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(loaded.adapter.body, "forward", scarce_memory)
+    with pytest.warns(UserWarning, match="evaluating 2 sequences at a time"):
+        evaluation = evaluate_tokens(loaded.adapter, tokens, batch_size=8)
+    assert calls[:3] == [8, 4, 2] and evaluation.perplexity == pytest.approx(expected.perplexity, rel=1e-5)

@@ -4,11 +4,11 @@ import threading
 
 import optuna
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, update
 from sqlalchemy.orm import Session
 
 from allocator import StorageError
-from storage import SCHEMA_VERSION, Database, Meta
+from storage import SCHEMA_VERSION, Database, Meta, ModelRecord
 
 
 def test_opens_creates_schema_and_optuna_reads_it(storage_url):
@@ -133,3 +133,21 @@ def test_several_processes_may_create_a_new_database_at_once(storage_url):
         thread.join()
     assert errors == []
     assert Database(storage_url).study_names() == []
+
+
+def test_a_model_registered_by_another_worker_in_between_is_not_an_error(storage_url):
+    """Workers that start together both see no model row; the one whose insert loses must carry on."""
+    identity = {"fingerprint": "f", "name": "m", "source": "s", "architecture": "a", "n_blocks": 2}
+    winner, loser = Database(storage_url), Database(storage_url)
+
+    raced = []
+
+    def register_first(connection, _cursor, statement, *_args):
+        if statement.lstrip().upper().startswith("INSERT INTO SPARSEALLOC_MODELS") and not raced:
+            raced.append(True)
+            winner.register_model(identity, [[1.0]])
+
+    event.listen(loser.engine, "before_cursor_execute", register_first)
+    loser.register_model(identity, [[2.0]])
+    with Session(winner.engine) as session:
+        assert raced and session.get(ModelRecord, "f").site_weights == "[[1.0]]"

@@ -10,7 +10,8 @@ from tests.studies.conftest import tiny_config
 
 def test_minimal_config_gets_every_default(tmp_path):
     config = parse_config({"name": "s", "sparsity": {"target": 0.4}})
-    assert config.model == "smollm2-135m" and config.sampler.name == "bo" and config.trials == 30
+    assert config.model.source == "smollm2-135m" and config.model.device == "auto"
+    assert config.sampler.name == "bo" and config.trials == 30
     assert config.data.source == "pydoc" and config.sparsity.split == "uniform"
     assert config.search.objective == "kl" and config.search.rule == "quantile"
     assert config.canonical()["sparsity"]["upper"] == 0.9
