@@ -35,6 +35,7 @@ from allocator import (
     make_token_sets,
     write_lookup,
 )
+from allocator.integrations.nncf import evaluate as nncf_evaluate
 from allocator.integrations.nncf import measured_site_sparsity, nncf_scope, sparsify, write_nncf_file
 
 RESULTS = Path(__file__).parent / "results"
@@ -105,7 +106,7 @@ def main() -> None:
             nncf_model = load_model("smollm2-135m")
             sparse = sparsify(nncf_model.model, Path(directory) / name, sets.calibration, batch_size=64)
             per_site = measured_site_sparsity(sparse, sets.heldout)
-            nncf_eval = evaluate_tokens(nncf_model.adapter, sets.heldout, reference=reference)
+            nncf_eval = nncf_evaluate(sparse, sets.heldout, reference=reference)  # NNCF's hooks need its forward
             weights = dense_model.adapter.site_weights().reshape(-1)
             measured_nncf = sum(per_site[node] * float(w) for node, w in zip(expected, weights, strict=True))
             rows += [

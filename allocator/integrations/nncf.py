@@ -218,12 +218,8 @@ def nncf_sparsifiers(model: Any) -> dict[str, Any]:
     }
 
 
-def measured_site_sparsity(model: Any, tokens: Any, *, batch_size: int = 8) -> dict[str, float]:
-    """Per NNCF node, the share of zeros in what its linear layer really reads (its sparsifier's output), over
-    a forward pass of ``tokens`` (an ``n x seq_len`` tensor). NNCF's mask acts inside the module's forward, so
-    a pre-hook on the layer itself would see the dense input."""
-    import torch
-
+def _count_zeros(model: Any) -> tuple[dict[str, list[int]], list[Any]]:
+    """Forward hooks on NNCF's sparsifiers counting ``[zeros, entries]`` of their outputs, by node."""
     zeros: dict[str, list[int]] = {}
     handles = []
     for node, sparsifier in nncf_sparsifiers(model).items():
@@ -234,6 +230,16 @@ def measured_site_sparsity(model: Any, tokens: Any, *, batch_size: int = 8) -> d
             counts[1] += output.numel()
 
         handles.append(sparsifier.register_forward_hook(count))
+    return zeros, handles
+
+
+def measured_site_sparsity(model: Any, tokens: Any, *, batch_size: int = 8) -> dict[str, float]:
+    """Per NNCF node, the share of zeros in what its linear layer really reads (its sparsifier's output), over
+    a forward pass of ``tokens`` (an ``n x seq_len`` tensor). NNCF's mask acts inside the module's forward, so
+    a pre-hook on the layer itself would see the dense input."""
+    import torch
+
+    zeros, handles = _count_zeros(model)
     device = next(model.parameters()).device
     try:
         with torch.no_grad():
@@ -243,3 +249,54 @@ def measured_site_sparsity(model: Any, tokens: Any, *, batch_size: int = 8) -> d
         for handle in handles:
             handle.remove()
     return {node: zero / total for node, (zero, total) in zeros.items()}
+
+
+def evaluate(model: Any, tokens: Any, *, reference: Any = None, batch_size: int = 8) -> Any:
+    """Perplexity, and KL to ``reference`` (an :class:`allocator.DenseReference` of ``tokens``), of an
+    NNCF-sparsified model, through the model's own top-level forward.
+
+    NNCF runs its hooks only inside the wrapped model's ``forward``; :func:`allocator.evaluate_tokens` calls
+    the model's body and LM head directly (to chunk the head), which would skip them and measure the dense
+    model. The returned :class:`allocator.Evaluation`'s ``measured_sparsity`` is the share of zeros over every
+    entry NNCF's sparsifiers output (entry-weighted, not parameter-weighted; per site:
+    :func:`measured_site_sparsity`).
+    """
+    import math
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from allocator import Evaluation, kl_to_reference
+
+    started = time.perf_counter()
+    device = next(model.parameters()).device
+    sequence_nll: list[float] = []
+    sequence_kl: list[float] = []
+    zeros, handles = _count_zeros(model)
+    try:
+        with torch.no_grad():
+            for start in range(0, tokens.shape[0], batch_size):
+                batch = tokens[start : start + batch_size].to(device)  # (B, T)
+                logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
+                flat = logits.reshape(-1, logits.shape[-1])  # position t predicts token t+1
+                nll = F.cross_entropy(flat, batch[:, 1:].reshape(-1), reduction="none")
+                sequence_nll += nll.view(batch.shape[0], -1).double().mean(dim=1).tolist()
+                if reference is not None:
+                    rows = reference.rows(slice(start, start + batch.shape[0]))
+                    kl = kl_to_reference(flat, *(r.reshape(-1, *r.shape[2:]).to(device) for r in rows))
+                    sequence_kl += kl.view(batch.shape[0], -1).double().mean(dim=1).tolist()
+    finally:
+        for handle in handles:
+            handle.remove()
+    mean_nll = sum(sequence_nll) / len(sequence_nll)
+    zero, total = (sum(counts[i] for counts in zeros.values()) for i in (0, 1))
+    return Evaluation(
+        perplexity=math.exp(mean_nll),
+        mean_nll=mean_nll,
+        n_tokens=len(sequence_nll) * (tokens.shape[1] - 1),
+        measured_sparsity=zero / total if total else 0.0,
+        seconds=time.perf_counter() - started,
+        sequence_nll=tuple(sequence_nll),
+        sequence_kl=tuple(sequence_kl),
+    )

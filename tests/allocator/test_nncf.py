@@ -10,7 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from allocator import SITE_NAMES, LookupFileError, Score, build_lookup, calibrate, load_model, write_lookup
+from allocator import (
+    SITE_NAMES,
+    LookupFileError,
+    Score,
+    build_lookup,
+    calibrate,
+    compute_reference,
+    evaluate_tokens,
+    load_model,
+    write_lookup,
+)
 from allocator.errors import NNCFNotInstalledError
 from allocator.integrations.nncf import (
     NNCF_FILE,
@@ -19,6 +29,9 @@ from allocator.integrations.nncf import (
     nncf_targets,
     sparsify,
     write_nncf_file,
+)
+from allocator.integrations.nncf import (
+    evaluate as nncf_evaluate,
 )
 from allocator.testing.tiny import build_tiny_model, save_model_dir
 
@@ -112,6 +125,25 @@ def test_nncf_meets_every_sites_sparsity_on_heldout_tokens(nncf, llama_export, t
     for target in document["targets"][:3]:
         ours = lookup["blocks"][0]["sites"][target["site"]]["threshold"]
         assert thresholds[target["scope"]] == pytest.approx(ours, rel=0.02)
+
+
+def test_nncf_models_are_evaluated_through_nncfs_own_forward(nncf, llama_export, tokens):
+    """NNCF's hooks run only inside the wrapped model's forward: our chunked evaluation, which calls the body
+    and the head itself, sees the dense model; the integration's evaluation sees NNCF's sparse one."""
+    model_dir, out, lookup = llama_export
+    heldout = tokens["heldout"][:32]
+    dense = load_model(model_dir)
+    reference = compute_reference(dense.adapter, heldout)
+    on_dense = nncf_evaluate(dense.model, heldout, reference=reference)
+    assert on_dense.perplexity == pytest.approx(evaluate_tokens(dense.adapter, heldout).perplexity, rel=1e-5)
+    assert on_dense.kl == pytest.approx(0.0, abs=1e-5) and on_dense.measured_sparsity == 0.0
+    loaded = load_model(model_dir)
+    sparse = sparsify(loaded.model, out, tokens["calibration"], batch_size=64)
+    evaluation = nncf_evaluate(sparse, heldout, reference=reference)
+    bypassed = evaluate_tokens(loaded.adapter, heldout)  # body and head called directly: NNCF's hooks skipped
+    assert bypassed.perplexity == pytest.approx(on_dense.perplexity, rel=1e-5)
+    assert evaluation.kl > 100 * max(on_dense.kl, 1e-6) and evaluation.perplexity != on_dense.perplexity
+    assert evaluation.measured_sparsity == pytest.approx(lookup["achieved_sparsity"], abs=0.05)
 
 
 def test_nncf_json_scopes_are_the_linear_nodes_of_nncfs_graph(nncf, tiny_model_dir, tokens, tmp_path):
