@@ -192,6 +192,11 @@ def main() -> None:
     parser.add_argument("--thresholds", action="store_true", help="Also report with the exported thresholds.")
     parser.add_argument("--db", type=Path, default=None, help="SQLite file to use (kept; resumable).")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="Report only the studies the database holds finished (spent budget); run none, skip the rest.",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON", help="Join these allocators.json files.")
     args = parser.parse_args()
@@ -211,11 +216,16 @@ def main() -> None:
     print(f"database {db_path}", flush=True)
     started = time.perf_counter()
     dense = dense_figures(database, args)
-    runs = []
+    suffix = "_quick" if args.quick else ""
+    runs: list[dict[str, Any]] = []
     for budget in args.budgets:
         for target in args.targets:
             for sampler in args.samplers:
                 for seed in [0] if sampler in SINGLE else args.seeds:
+                    name = study_name(sampler, target, seed, budget)
+                    if args.finished_only and sampler not in SINGLE and not finished(database, name, budget):
+                        print(f"{name:<22} not finished in this database; skipped", flush=True)
+                        continue
                     run = run_one(database, study_config(sampler, target, seed, budget, args), dense, args.thresholds)
                     runs.append({**run, "sampler": sampler, "target": target, "seed": seed, "budget": budget})
                     print(
@@ -224,15 +234,31 @@ def main() -> None:
                         f"{run['ood']['perplexity']:.3f} ({run['ood']['degradation']:+.1%})",
                         flush=True,
                     )
+                    write_outputs(_results(command, args, db_path, dense, runs, started), args.out, suffix, echo=False)
+    write_outputs(_results(command, args, db_path, dense, runs, started), args.out, suffix)
+
+
+def _results(
+    command: str, args: argparse.Namespace, db_path: Path, dense: dict, runs: list[dict], started: float
+) -> dict[str, Any]:
+    """What an invocation has measured so far (written after every study, so a stopped run keeps its figures)."""
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "merge"}
-    results = {
+    return {
         "command": command,
         "settings": {**settings, "db": [str(db_path)]},
         "dense": dense,
         "runs": runs,
         "seconds": time.perf_counter() - started,
     }
-    write_outputs(results, args.out, suffix="_quick" if args.quick else "")
+
+
+def finished(database: Database, name: str, budget: int) -> bool:
+    """Whether the study ``name`` exists in ``database`` with its token budget spent (the runner's own rule)."""
+    try:
+        study = optuna.load_study(study_name=name, storage=database.optuna_storage)
+    except KeyError:
+        return False
+    return tokens_spent(study) >= budget
 
 
 COMPARABLE = ("seq_len", "calibration_sequences", "search_sequences", "eval_sequences", "screen", "promote")
@@ -300,7 +326,7 @@ def goal_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_outputs(results: dict[str, Any], out: Path, suffix: str = "") -> None:
+def write_outputs(results: dict[str, Any], out: Path, suffix: str = "", *, echo: bool = True) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"allocators{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
     s = results["settings"]
@@ -375,7 +401,8 @@ def write_outputs(results: dict[str, Any], out: Path, suffix: str = "") -> None:
             "",
         ]
     (out / f"allocators{suffix}.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    if echo:
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":
