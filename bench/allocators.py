@@ -195,7 +195,7 @@ def main() -> None:
     parser.add_argument(
         "--finished-only",
         action="store_true",
-        help="Report only the studies the database holds finished (spent budget); run none, skip the rest.",
+        help="Search studies: report only those the database holds with their budget spent, run none.",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON", help="Join these allocators.json files.")
