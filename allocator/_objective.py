@@ -78,17 +78,29 @@ class Evaluation:
 
 
 def _per_position(
-    adapter: ModelAdapter, batch: torch.Tensor, reference: tuple[torch.Tensor, ...] | None, head_chunk: int
+    adapter: ModelAdapter,
+    batch: torch.Tensor,
+    reference: tuple[torch.Tensor, ...] | None,
+    head_chunk: int,
+    whole_forward: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-position NLL and KL (``B x (T−1)`` each; KL None without a reference) of a ``B x T`` batch."""
-    hidden = adapter.body(input_ids=batch, use_cache=False).last_hidden_state  # (B, T, C)
+    """Per-position NLL and KL (``B x (T−1)`` each; KL None without a reference) of a ``B x T`` batch.
+
+    The body's hidden states go through the head in chunks; with ``whole_forward`` the model's own forward
+    gives every logit at once instead (wrappers such as NNCF's run their hooks only there)."""
+    if whole_forward:
+        outputs = adapter.model(input_ids=batch, use_cache=False).logits  # (B, T, V)
+        project: torch.nn.Module = torch.nn.Identity()
+    else:
+        outputs = adapter.body(input_ids=batch, use_cache=False).last_hidden_state  # (B, T, C)
+        project = adapter.head
     shape = (batch.shape[0], batch.shape[1] - 1)
-    hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # (B*(T-1), C): position t predicts token t+1
+    outputs = outputs[:, :-1].reshape(-1, outputs.shape[-1])  # (B*(T-1), C or V): position t predicts t+1
     targets = batch[:, 1:].reshape(-1)  # (B*(T-1),)
     rows = None if reference is None else [r.reshape(-1, *r.shape[2:]).to(batch.device) for r in reference]
     nll, kl = [], []
     for start in range(0, targets.numel(), head_chunk):
-        logits = adapter.head(hidden[start : start + head_chunk]).float()  # (chunk, V)
+        logits = project(outputs[start : start + head_chunk]).float()  # (chunk, V)
         nll.append(F.cross_entropy(logits, targets[start : start + head_chunk], reduction="none"))
         if rows is not None:
             kl.append(kl_to_reference(logits, *(r[start : start + head_chunk] for r in rows)))
@@ -113,12 +125,12 @@ def evaluate_tokens(
     on_batch: BatchCallback | None = None,
     measured_sparsity: Callable[[], float] = lambda: 0.0,
     measured_site_sparsity: Callable[[], torch.Tensor] | None = None,
+    whole_forward: bool = False,
 ) -> Evaluation:
     """Perplexity (and KL to ``reference``, whose sequences are ``tokens``') of the model as it is, with
     whatever sparsifiers are installed; ``measured_sparsity`` reads their counts once the pass is done.
-
-    A CUDA out-of-memory error halves the batch and retries it (said once, as a warning).
-    """
+    ``whole_forward``: the model's own forward, not its body and a chunked head (for NNCF's hooks). A CUDA
+    out-of-memory error halves the batch and retries it (said once, as a warning)."""
     if batch_size < 1:
         raise InputError(f"The value of `batch_size` should be a positive integer, got {batch_size}.")
     if reference is not None and reference.n_sequences != tokens.shape[0]:
@@ -134,7 +146,7 @@ def evaluate_tokens(
         batch = tokens[start : start + batch_size].to(device)
         rows = None if reference is None else reference.rows(slice(start, start + batch.shape[0]))
         try:
-            nll, kl = _per_position(adapter, batch, rows, head_chunk)
+            nll, kl = _per_position(adapter, batch, rows, head_chunk, whole_forward)
         except torch.cuda.OutOfMemoryError:
             if batch_size == 1:
                 raise

@@ -255,48 +255,29 @@ def evaluate(model: Any, tokens: Any, *, reference: Any = None, batch_size: int 
     """Perplexity, and KL to ``reference`` (an :class:`allocator.DenseReference` of ``tokens``), of an
     NNCF-sparsified model, through the model's own top-level forward.
 
-    NNCF runs its hooks only inside the wrapped model's ``forward``; :func:`allocator.evaluate_tokens` calls
-    the model's body and LM head directly (to chunk the head), which would skip them and measure the dense
-    model. The returned :class:`allocator.Evaluation`'s ``measured_sparsity`` is the share of zeros over every
-    entry NNCF's sparsifiers output (entry-weighted, not parameter-weighted; per site:
+    NNCF runs its hooks only inside the wrapped model's ``forward``; :func:`allocator.evaluate_tokens` by
+    default calls the model's body and LM head directly (to chunk the head), which would skip them and measure
+    the dense model. The returned :class:`allocator.Evaluation`'s ``measured_sparsity`` is the share of zeros
+    over every entry NNCF's sparsifiers output (entry-weighted, not parameter-weighted; per site:
     :func:`measured_site_sparsity`).
     """
-    import math
-    import time
+    from allocator import ModelAdapter, evaluate_tokens
 
-    import torch
-    import torch.nn.functional as F
-
-    from allocator import Evaluation, kl_to_reference
-
-    started = time.perf_counter()
-    device = next(model.parameters()).device
-    sequence_nll: list[float] = []
-    sequence_kl: list[float] = []
     zeros, handles = _count_zeros(model)
+
+    def share_of_zeros() -> float:
+        zero, total = (sum(counts[i] for counts in zeros.values()) for i in (0, 1))
+        return zero / total if total else 0.0
+
     try:
-        with torch.no_grad():
-            for start in range(0, tokens.shape[0], batch_size):
-                batch = tokens[start : start + batch_size].to(device)  # (B, T)
-                logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
-                flat = logits.reshape(-1, logits.shape[-1])  # position t predicts token t+1
-                nll = F.cross_entropy(flat, batch[:, 1:].reshape(-1), reduction="none")
-                sequence_nll += nll.view(batch.shape[0], -1).double().mean(dim=1).tolist()
-                if reference is not None:
-                    rows = reference.rows(slice(start, start + batch.shape[0]))
-                    kl = kl_to_reference(flat, *(r.reshape(-1, *r.shape[2:]).to(device) for r in rows))
-                    sequence_kl += kl.view(batch.shape[0], -1).double().mean(dim=1).tolist()
+        return evaluate_tokens(
+            ModelAdapter(model),
+            tokens,
+            reference=reference,
+            batch_size=batch_size,
+            measured_sparsity=share_of_zeros,
+            whole_forward=True,
+        )
     finally:
         for handle in handles:
             handle.remove()
-    mean_nll = sum(sequence_nll) / len(sequence_nll)
-    zero, total = (sum(counts[i] for counts in zeros.values()) for i in (0, 1))
-    return Evaluation(
-        perplexity=math.exp(mean_nll),
-        mean_nll=mean_nll,
-        n_tokens=len(sequence_nll) * (tokens.shape[1] - 1),
-        measured_sparsity=zero / total if total else 0.0,
-        seconds=time.perf_counter() - started,
-        sequence_nll=tuple(sequence_nll),
-        sequence_kl=tuple(sequence_kl),
-    )
