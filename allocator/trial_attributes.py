@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 # -- user attributes ----------------------------------------------------------------------------------------
+#: The model-level sparsity the trial's vector meets exactly (one of a frontier study's targets).
+TARGET = "target"
 #: The block vector actually evaluated (``d`` floats; after the projection for samplers that need one).
 VECTOR = "vector"
 #: ``‖evaluated − suggested‖₂``: 0.0 when the sampler's suggestion was already on the constraint.
@@ -97,6 +99,13 @@ def record_measurements(trial: optuna.Trial, measurements: dict[str, Any]) -> No
         trial.set_user_attr(key, [float(v) for v in value] if isinstance(value, list | tuple) else float(value))
 
 
+def assign_target(study: optuna.Study, trial: FrozenTrial, target: float) -> None:
+    """Give ``trial`` its target through storage, and on the frozen copy the running trial reads its own
+    attributes from (Optuna builds a trial's ``user_attrs`` from the frozen trial its sampler was given)."""
+    study._storage.set_trial_user_attr(trial._trial_id, TARGET, float(target))
+    trial.user_attrs[TARGET] = float(target)
+
+
 def mark_surplus(trial: optuna.Trial) -> None:
     trial.set_user_attr(SURPLUS, True)
 
@@ -144,6 +153,12 @@ def _float(trial: FrozenTrial, key: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
+
+
+def trial_target(trial: FrozenTrial) -> float | None:
+    """The target the trial's vector meets (None for trials of single-target studies made before targets
+    were recorded, and for a frontier trial its sampler has not yet given one)."""
+    return _float(trial, TARGET)
 
 
 def measured_sparsity(trial: FrozenTrial) -> float | None:

@@ -18,7 +18,7 @@ _LAZY: dict[str, str] = {
     "MemoryArtifacts": "studies._session",
     "StudySession": "studies._session",
     "artifact_key": "studies._session",
-    "build_space": "studies._session",
+    "build_spaces": "studies._session",
     "calibration_for": "studies._session",
     "greedy_table_for": "studies._session",
     "load_tokens": "studies._session",

@@ -25,7 +25,9 @@ Example (every key but ``name`` and ``sparsity.target`` has a default)::
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -131,10 +133,45 @@ class GreedyConfig(_Strict):
     sequences: int = Field(default=4, ge=1, description="Calibration sequences whose block inputs score the splits.")
 
 
-class SparsityConfig(_Strict):
-    """The constraint and how sparsity is applied."""
+#: The most targets one frontier study may name (each needs its own uniform baseline and trials).
+MAX_TARGETS = 32
 
-    target: float = Field(gt=0, lt=1, allow_inf_nan=False)
+
+def _expand_targets(value: Any) -> Any:
+    """``{from, to, step}`` to the list of targets it names (``to`` included); anything else as given."""
+    if not isinstance(value, dict):
+        return value
+    unknown = sorted(set(value) - {"from", "to", "step"})
+    if unknown:
+        raise ValueError(f"unknown key `{unknown[0]}` in a target range; give `from`, `to` and `step`")
+    missing = [key for key in ("from", "to", "step") if key not in value]
+    if missing:
+        raise ValueError(f"a target range needs `from`, `to` and `step`; `{missing[0]}` is missing")
+    start, stop, step = (value[key] for key in ("from", "to", "step"))
+    for key, number in (("from", start), ("to", stop), ("step", step)):
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+            raise ValueError(f"`{key}` of a target range should be a finite number; got {number!r}")
+    if step <= 0 or stop < start:
+        raise ValueError(f"a target range needs `step` > 0 and `from` <= `to`; got {start} to {stop} by {step}")
+    count = (stop - start) / step
+    if abs(count - round(count)) > 1e-6:
+        raise ValueError(f"`step` {step} does not divide the range from {start} to {stop} into whole steps")
+    if round(count) + 1 > MAX_TARGETS:
+        raise ValueError(f"the target range names {round(count) + 1} targets; at most {MAX_TARGETS} are allowed")
+    return [round(start + i * step, 10) for i in range(round(count) + 1)]
+
+
+Target = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+
+
+class SparsityConfig(_Strict):
+    """The constraint and how sparsity is applied.
+
+    ``target`` is one model-level sparsity, or several (a list, or a range ``{from, to, step}``): a
+    frontier study, whose every trial meets one of them exactly. :attr:`targets` is always the sorted tuple.
+    """
+
+    target: Annotated[Target | list[Target], BeforeValidator(_expand_targets)]
     lower: Fraction | list[Fraction] = 0.0
     upper: Fraction | list[Fraction] = 0.9
     score: Literal["magnitude", "weight_aware"] = "magnitude"
@@ -143,17 +180,44 @@ class SparsityConfig(_Strict):
     greedy: GreedyConfig = GreedyConfig()
     sparsify_fraction: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False)
 
+    @property
+    def targets(self) -> tuple[float, ...]:
+        """Every target of the study, in increasing order (one for a single-target study)."""
+        return tuple(self.target) if isinstance(self.target, list) else (self.target,)
+
+    @property
+    def is_frontier(self) -> bool:
+        """Whether the study names several targets."""
+        return len(self.targets) > 1
+
+    @field_validator("target")
+    @classmethod
+    def _targets_sorted_and_distinct(cls, target: float | list[float]) -> float | list[float]:
+        if not isinstance(target, list):
+            return target
+        if not target:
+            raise ValueError("the list of targets is empty; give at least one")
+        if len(target) > MAX_TARGETS:
+            raise ValueError(f"{len(target)} targets are given; at most {MAX_TARGETS} are allowed")
+        for before, after in itertools.pairwise(target):
+            if after == before:
+                raise ValueError(f"the target {after} is given twice")
+            if after < before:
+                raise ValueError(f"targets must be listed in increasing order; {after} follows {before}")
+        return target[0] if len(target) == 1 else target
+
     @model_validator(mode="after")
     def _scalar_bounds_reach_the_target(self) -> SparsityConfig:
         # Per-block lists are checked against the model's block count and weights by `check_study`.
         if isinstance(self.lower, float) and isinstance(self.upper, float):
             if self.lower > self.upper:
                 raise ValueError(f"`lower` ({self.lower}) is above `upper` ({self.upper})")
-            if not self.lower <= self.target <= self.upper:
-                raise ValueError(
-                    f"bounds [{self.lower}, {self.upper}] cannot reach the target {self.target}; "
-                    f"the reachable range is [{self.lower}, {self.upper}]"
-                )
+            for target in self.targets:
+                if not self.lower <= target <= self.upper:
+                    raise ValueError(
+                        f"bounds [{self.lower}, {self.upper}] cannot reach the target {target}; "
+                        f"the reachable range is [{self.lower}, {self.upper}]"
+                    )
         return self
 
 

@@ -31,7 +31,8 @@ def check_study(config: StudyConfig) -> int:
             check_text_source(source)
     sparsity = config.sparsity
     try:
-        ConstraintSpace(weights=[1.0] * n_blocks, target=sparsity.target, lower=sparsity.lower, upper=sparsity.upper)
+        for target in sparsity.targets:
+            ConstraintSpace(weights=[1.0] * n_blocks, target=target, lower=sparsity.lower, upper=sparsity.upper)
     except InputError as error:
         raise type(error)(f"`sparsity` of study {config.name!r}: {error}") from None
     return n_blocks

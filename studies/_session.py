@@ -4,7 +4,7 @@ The steps, in order (each a function of its own, shared by every command):
 
 1. :func:`load_tokens`: the model's tokenizer cuts the configured text into the four data roles
    (calibration, search, validation, held-out; plus an out-of-domain held-out set if configured).
-2. :func:`build_space`: the constraint space from the model's block weights and the configured bounds,
+2. :func:`build_spaces`: the constraint space of each target from the block weights and the configured bounds,
    checked *before* anything expensive, so bad per-block bounds fail at once.
 3. :func:`calibration_for` and :func:`greedy_table_for`: the score histograms (and greedy split tables),
    fetched from the artifact store or computed once and stored there (:func:`stored_artifact`), keyed by
@@ -36,6 +36,7 @@ from allocator import (
     Evaluation,
     GreedySplit,
     GreedyTable,
+    InputError,
     LoadedModel,
     Objective,
     Score,
@@ -101,7 +102,7 @@ class StudySession:
     artifacts: ArtifactStore
     loaded: LoadedModel
     tokens: TokenSets
-    space: ConstraintSpace
+    spaces: dict[float, ConstraintSpace]
     calibration: Calibration
     calibration_key: str
     greedy: GreedyTable | None
@@ -109,6 +110,23 @@ class StudySession:
     objective: Objective
     notify: Notify = lambda message: None
     _references: dict[str, DenseReference] = field(default_factory=dict, repr=False)
+
+    @property
+    def space(self) -> ConstraintSpace:
+        """The constraint space of a single-target study (of a frontier study: its lowest target's)."""
+        return self.spaces[self.config.sparsity.targets[0]]
+
+    def space_for(self, target: float | None) -> ConstraintSpace:
+        """The constraint space of ``target`` (None: the study's only, or lowest, target)."""
+        if target is None:
+            return self.space
+        for known, space in self.spaces.items():
+            if abs(known - target) <= 1e-12:
+                return space
+        raise InputError(
+            f"Study {self.config.name!r} has no target {target}; its targets are "
+            f"{', '.join(f'{t:g}' for t in self.spaces)}."
+        )
 
     @property
     def score(self) -> Score:
@@ -234,10 +252,13 @@ def load_tokens(config: StudyConfig, tokenizer: Any) -> TokenSets:
     )
 
 
-def build_space(config: StudyConfig, block_weights: Any) -> ConstraintSpace:
-    """The study's constraint space: ``Σ_b w_b s_b = t·Σw`` within the configured per-block bounds."""
+def build_spaces(config: StudyConfig, block_weights: Any) -> dict[float, ConstraintSpace]:
+    """The study's constraint space of each target: ``Σ_b w_b s_b = t·Σw`` within the per-block bounds."""
     sparsity = config.sparsity
-    return ConstraintSpace(weights=block_weights, target=sparsity.target, lower=sparsity.lower, upper=sparsity.upper)
+    return {
+        target: ConstraintSpace(weights=block_weights, target=target, lower=sparsity.lower, upper=sparsity.upper)
+        for target in sparsity.targets
+    }
 
 
 def calibration_for(
@@ -389,7 +410,7 @@ def open_session(
     dtype = dtype or config.model.dtype
     notify(f"Loading model {config.model.source}")
     loaded = load_model(config.model.source, device=device, dtype=dtype)
-    space = build_space(config, loaded.adapter.block_weights().tolist())  # bad bounds fail before any pass
+    spaces = build_spaces(config, loaded.adapter.block_weights().tolist())  # bad bounds fail before any pass
     if isinstance(artifacts, Database):
         artifacts.register_model(loaded.identity(), loaded.adapter.site_weights().tolist())
     tokens = load_tokens(config, loaded.tokenizer)
@@ -407,7 +428,7 @@ def open_session(
         artifacts=artifacts,
         loaded=loaded,
         tokens=tokens,
-        space=space,
+        spaces=spaces,
         calibration=calibration,
         calibration_key=key,
         greedy=greedy,
