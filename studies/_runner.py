@@ -41,7 +41,15 @@ from optuna.trial import TrialState
 
 from allocator import trial_attributes as attrs
 from allocator.errors import StorageError, first_line
-from allocator.samplers import BlockSampler, create_sampler, sampler_entry, suggest_allocation
+from allocator.samplers import (
+    BlockSampler,
+    TargetsInTurn,
+    create_frontier_sampler,
+    create_sampler,
+    sampler_entry,
+    suggest_allocation,
+    target_of,
+)
 from storage import CONNECTION_ERRORS, database_error, heartbeat_orphans, is_connection_error, redact
 from studies._session import StudySession
 
@@ -83,17 +91,22 @@ def make_sampler(session: StudySession) -> optuna.samplers.BaseSampler:
     same point at the same moment.
     """
     config = session.config
-    sampler = create_sampler(config.sampler.name, space=session.space, seed=config.seed, **config.sampler.options)
-    if isinstance(sampler, BlockSampler):
+    name, options = config.sampler.name, config.sampler.options
+    if config.sparsity.is_frontier:
+        sampler = create_frontier_sampler(name, spaces=session.spaces, seed=config.seed, **options)
+    else:
+        sampler = create_sampler(name, space=session.space, seed=config.seed, **options)
+    if isinstance(sampler, BlockSampler | TargetsInTurn):
         sampler.serialize_with(lambda: session.database.proposal_lock(config.name))
     return sampler
 
 
 def target_trials(session: StudySession, requested: int | None) -> int:
-    """The number of COMPLETE trials to reach: the request (default: the config's), capped by the sampler."""
+    """The number of COMPLETE trials to reach: the request (default: the config's), capped by the sampler
+    (per target: a frontier study of K targets gives the uniform baseline K trials)."""
     target = requested if requested is not None else session.config.trials
     limit = sampler_entry(session.config.sampler.name).max_trials
-    return min(target, limit) if limit is not None else target
+    return min(target, limit * len(session.config.sparsity.targets)) if limit is not None else target
 
 
 def load_optuna_study(session: StudySession, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
@@ -132,7 +145,8 @@ class TrialObjective:
         self.running = trial.number
         self._yield_if_surplus(trial)
         session = self.session
-        vector = suggest_allocation(trial, session.space)
+        goal = self._target(trial)
+        vector = suggest_allocation(trial, session.space_for(goal))
         plan = attrs.selection_plan(self.study, trial)
         if plan is not None:
             return self._select(trial, plan)
@@ -142,7 +156,7 @@ class TrialObjective:
         values = [_mean_value(search.objective, kl, nll)]
         own, sizes = list(values), [len(nll)]
         for rung in self.rungs[1:]:
-            if not self._promoted(len(values) - 1, values[-1]):
+            if not self._promoted(len(values) - 1, values[-1], goal):
                 break
             more = self._evaluate(trial.number, vector, rung)
             kl, nll = kl + list(more.sequence_kl), nll + list(more.sequence_nll)
@@ -168,11 +182,30 @@ class TrialObjective:
                 attrs.SECONDS: screen.seconds,
             },
         )
-        if session.config.evaluation.heldout == "best" and self._is_new_best(values[0]):
+        if session.config.evaluation.heldout == "best" and self._is_new_best(values[0], goal):
             heldout = session.evaluate(vector, "heldout")
             measured = {attrs.HELDOUT_PERPLEXITY: heldout.perplexity, attrs.HELDOUT_KL: heldout.kl}
             attrs.record_measurements(trial, measured)
         return values[0]
+
+    def _target(self, trial: optuna.Trial) -> float:
+        """The trial's target: given by a frontier study's sampler, else the study's only one (recorded)."""
+        targets = self.session.config.sparsity.targets
+        if len(targets) > 1:
+            trial.relative_params  # noqa: B018 - Optuna samples lazily; frontier bo chooses the target there
+        recorded = attrs.trial_target(trial)  # type: ignore[arg-type]
+        if recorded is None:
+            if len(targets) > 1:
+                raise RuntimeError(f"Trial {trial.number} of frontier study has no target; its sampler gives one.")
+            trial.set_user_attr(attrs.TARGET, targets[0])
+            return targets[0]
+        return recorded
+
+    def _same_target(self, target: float) -> list[optuna.trial.FrozenTrial]:
+        """The COMPLETE trials of ``target`` (values of different targets never compare)."""
+        targets = self.session.config.sparsity.targets
+        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        return [t for t in complete if (found := target_of(t, targets)) is not None and abs(found - target) <= 1e-9]
 
     def _select(self, trial: optuna.Trial, plan: dict[str, Any]) -> float:
         """Run a sampler's staged selection (EvoPress's): every stage draws fresh pool sequences, evaluates the
@@ -219,13 +252,9 @@ class TrialObjective:
 
         return self.session.evaluate(vector, "search", index=index, on_batch=on_batch)
 
-    def _promoted(self, rung: int, value: float) -> bool:
-        """Whether a rung-``rung`` value ranks among the best ``max(1, n // promote_ratio)`` so far."""
-        others = [
-            values[rung]
-            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if len(values := attrs.rung_values(t)) > rung
-        ]
+    def _promoted(self, rung: int, value: float, target: float) -> bool:
+        """Whether a rung-``rung`` value ranks among the best ``max(1, n // promote_ratio)`` so far at ``target``."""
+        others = [values[rung] for t in self._same_target(target) if len(values := attrs.rung_values(t)) > rung]
         better = sum(1 for other in others if other < value)
         return better < max(1, int((len(others) + 1) // self.session.config.search.promote_ratio))
 
@@ -236,8 +265,8 @@ class TrialObjective:
             attrs.mark_surplus(trial)
             raise optuna.TrialPruned("surplus: the study's last slots were taken by trials with lower numbers")
 
-    def _is_new_best(self, value: float) -> bool:
-        finished = [t.value for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    def _is_new_best(self, value: float, target: float) -> bool:
+        finished = [t.value for t in self._same_target(target)]
         finished = [v for v in finished if v is not None]
         return not finished or value < min(finished)
 

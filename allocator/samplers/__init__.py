@@ -3,7 +3,8 @@
 Every sampler registers itself in :mod:`allocator.samplers._registry` with its options model; importing
 this package imports every sampler module, so the registry is complete. ``create_sampler(name, space=...,
 seed=..., **options)`` builds one by name; :func:`sampler_names` lists them. Objectives take their vector
-with :func:`suggest_allocation`.
+with :func:`suggest_allocation`. A frontier study (several targets) gets its sampler from
+:func:`create_frontier_sampler`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,14 @@ from allocator.samplers._bo import (  # isort: skip
     profile_matrix,
     single_threaded,
 )
+from allocator.samplers._frontier import (  # isort: skip
+    TargetsInTurn,
+    TargetView,
+    create_frontier_sampler,
+    next_in_turn,
+    target_of,
+)
+from allocator.samplers._bo_frontier import FrontierBoSampler  # isort: skip
 from allocator.samplers._acqf import (  # isort: skip
     AcqResult,
     NullSpaceMap,
@@ -59,6 +68,7 @@ __all__ = [
     "CmaesOptions",
     "EvoPressOptions",
     "EvoPressSampler",
+    "FrontierBoSampler",
     "GreedyUniformSampler",
     "History",
     "NullSpaceMap",
@@ -67,17 +77,21 @@ __all__ = [
     "SamplerEntry",
     "SamplerOptions",
     "SearchSpace",
+    "TargetView",
+    "TargetsInTurn",
     "TpeOptions",
     "UniformSampler",
     "WasOptions",
     "WasSampler",
     "cmaes_sampler",
     "collect_history",
+    "create_frontier_sampler",
     "create_sampler",
     "distributions",
     "evaluated_vector",
     "gp_hyperparameters",
     "knot_space",
+    "next_in_turn",
     "optimize_nullspace",
     "optimize_slsqp",
     "parse_options",
@@ -90,5 +104,6 @@ __all__ = [
     "select_starts",
     "single_threaded",
     "suggest_allocation",
+    "target_of",
     "tpe_sampler",
 ]

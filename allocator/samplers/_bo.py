@@ -296,37 +296,14 @@ class BoSampler(BlockSampler):
         there instead of at the prior's mode: the fit then converges in a few dozen iterations instead of
         a few hundred, which is most of a proposal's cost (``bench/sampler_overhead.py`` measures both).
         """
-        from botorch.fit import fit_gpytorch_mll
-        from botorch.models import SingleTaskGP
-        from botorch.models.transforms import Normalize, Standardize
-        from gpytorch.mlls import ExactMarginalLogLikelihood
-
         search = search or SearchSpace(space=self.space, to_blocks=None)
-        X = torch.as_tensor(search.features(history.X), dtype=torch.float64)
-        Y = -torch.as_tensor(history.log_y(), dtype=torch.float64).unsqueeze(-1)
-        bounds = torch.as_tensor(search.space.bounds_array(), dtype=torch.float64)
-        pinned = bounds[1] <= bounds[0]
-        bounds[1] = torch.where(pinned, bounds[0] + 1.0, bounds[1])  # a pinned block maps to a constant 0
-        model = SingleTaskGP(
-            X,
-            Y,
-            train_Yvar=torch.full_like(Y, self.observation_noise(history)),
-            input_transform=Normalize(d=X.shape[-1], bounds=bounds),
-            outcome_transform=Standardize(m=1),
+        return fit_gp(
+            search.features(history.X),
+            -history.log_y(),
+            search.space.bounds_array(),
+            noise=self.observation_noise(history),
+            warm_start=warm_start,
         )
-        if warm_start is not None:
-            with torch.no_grad():
-                model.covar_module.raw_lengthscale.copy_(
-                    torch.as_tensor(warm_start["raw_lengthscale"], dtype=torch.float64).reshape(
-                        model.covar_module.raw_lengthscale.shape
-                    )
-                )
-                model.mean_module.raw_constant.fill_(float(warm_start["mean"]))
-        fit_gpytorch_mll(
-            ExactMarginalLogLikelihood(model.likelihood, model),
-            optimizer_kwargs={"options": {"ftol": 1e-6}},
-        )
-        return model
 
     def acquisition(
         self, model: SingleTaskGP, history: History, search: SearchSpace | None = None, *, seed: int = 0
@@ -442,6 +419,41 @@ class BoSampler(BlockSampler):
             )
         except InfeasibleConstraintError:
             return sp
+
+
+def fit_gp(
+    X: np.ndarray, Y: np.ndarray, bounds: np.ndarray, *, noise: float, warm_start: dict | None = None
+) -> SingleTaskGP:
+    """A ``SingleTaskGP`` on ``n x k`` inputs ``X`` (normalised to the ``2 x k`` ``bounds``) and ``n`` values
+    ``Y`` (standardised) with fixed observation variance ``noise``, hyperparameters fitted by marginal
+    likelihood from ``warm_start`` (stored hyperparameters) or from the prior's mode. A column whose bounds
+    coincide (a pinned block) maps to a constant 0."""
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import SingleTaskGP
+    from botorch.models.transforms import Normalize, Standardize
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    X_t = torch.as_tensor(X, dtype=torch.float64)
+    Y_t = torch.as_tensor(Y, dtype=torch.float64).reshape(-1, 1)
+    b = torch.as_tensor(bounds, dtype=torch.float64).clone()
+    b[1] = torch.where(b[1] <= b[0], b[0] + 1.0, b[1])
+    model = SingleTaskGP(
+        X_t,
+        Y_t,
+        train_Yvar=torch.full_like(Y_t, noise),
+        input_transform=Normalize(d=X_t.shape[-1], bounds=b),
+        outcome_transform=Standardize(m=1),
+    )
+    if warm_start is not None:
+        with torch.no_grad():
+            model.covar_module.raw_lengthscale.copy_(
+                torch.as_tensor(warm_start["raw_lengthscale"], dtype=torch.float64).reshape(
+                    model.covar_module.raw_lengthscale.shape
+                )
+            )
+            model.mean_module.raw_constant.fill_(float(warm_start["mean"]))
+    fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model), optimizer_kwargs={"options": {"ftol": 1e-6}})
+    return model
 
 
 def screen_noise(history: History) -> float | None:

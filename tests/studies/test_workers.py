@@ -24,6 +24,16 @@ def _assert_no_duplicates(trials: list[optuna.trial.FrozenTrial]) -> None:
     assert len(vectors) == len(set(vectors)), "a proposal was evaluated twice"
 
 
+def _assert_on_their_targets(complete: list[optuna.trial.FrozenTrial], targets: list[float]) -> None:
+    """Every trial meets its recorded target (the tiny model's blocks weigh the same: the mean is the sparsity),
+    and the targets took turns."""
+    counts = dict.fromkeys(targets, 0)
+    for trial in complete:
+        counts[trial.user_attrs["target"]] += 1
+        assert abs(float(np.mean(evaluated_vector(trial))) - trial.user_attrs["target"]) < 1e-9
+    assert max(counts.values()) - min(counts.values()) <= 1, counts
+
+
 def _kill_inside_a_trial(process: subprocess.Popen, url: str, after: int) -> optuna.trial.FrozenTrial | None:
     """SIGKILL ``process`` while it evaluates a trial, once ``after`` trials are complete.
 
@@ -48,8 +58,9 @@ def _kill_inside_a_trial(process: subprocess.Popen, url: str, after: int) -> opt
     return None
 
 
-def test_sigkill_mid_trial_then_resume_loses_and_repeats_nothing(storage_url, write_config, processes):
-    path = write_config(trials=6, data={"seq_len": 64, "calibration_sequences": 48})
+@pytest.mark.parametrize("target", [0.5, [0.3, 0.6]], ids=["one-target", "frontier"])
+def test_sigkill_mid_trial_then_resume_loses_and_repeats_nothing(storage_url, write_config, processes, target):
+    path = write_config(trials=6, data={"seq_len": 64, "calibration_sequences": 48}, sparsity={"target": target})
     processes.run("study", "create", str(path), "--storage", storage_url)
     run = processes.start("study", "run", "tiny", "--storage", storage_url)
     victim = _kill_inside_a_trial(run, storage_url, after=2)
@@ -66,7 +77,9 @@ def test_sigkill_mid_trial_then_resume_loses_and_repeats_nothing(storage_url, wr
     assert killed.state == TrialState.FAIL
     retries = [t for t in complete if t.system_attrs.get("failed_trial") == victim.number]
     assert len(retries) == 1 and retries[0].user_attrs["vector"] == victim.user_attrs["vector"]
+    assert retries[0].user_attrs["target"] == victim.user_attrs["target"]  # a frontier trial keeps its target
     _assert_no_duplicates(trials)
+    _assert_on_their_targets(complete, target if isinstance(target, list) else [target])
 
 
 @pytest.mark.parametrize(
@@ -85,3 +98,20 @@ def test_workers_complete_one_study_without_duplicates(request, backend, workers
     _assert_no_duplicates(trials)
     calibrated = sum("Computed calibration (" in output for output in outputs)
     assert calibrated == 1, outputs  # the first worker calibrates, the others reuse it
+
+
+@pytest.mark.postgres
+def test_workers_share_a_frontier_study(postgres_url, write_config, processes):
+    options = {"n_initial": 3, "num_restarts": 2, "raw_samples": 32, "mc_samples": 16}
+    path = write_config(trials=9, sparsity={"target": [0.3, 0.5, 0.7]}, sampler={"name": "bo", "options": options})
+    processes.run("study", "create", str(path), "--storage", postgres_url)
+    started = [processes.start("worker", "tiny", "--storage", postgres_url) for _ in range(2)]
+    outputs = [processes.finish(process) for process in started]
+    trials = _trials(postgres_url)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 9, outputs
+    assert not [t for t in trials if t.state == TrialState.FAIL]
+    _assert_no_duplicates(trials)
+    for trial in complete:
+        assert abs(float(np.mean(evaluated_vector(trial))) - trial.user_attrs["target"]) < 1e-9
+    assert {t.user_attrs["target"] for t in complete} == {0.3, 0.5, 0.7}
