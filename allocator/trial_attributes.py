@@ -67,6 +67,8 @@ SAMPLER = "sparsealloc:sampler"
 BO_GP = "sparsealloc:bo_gp"
 #: Why a ``bo`` proposal fell back to the space-filling design (the model step failed).
 BO_FALLBACK = "sparsealloc:bo_fallback"
+#: How a frontier ``bo`` proposal chose its target: per target, its best log acquisition value per cost.
+FRONTIER_CHOICE = "sparsealloc:frontier_choice"
 #: The raw WAS parameters ``r`` of the proposal ``was`` accepted.
 WAS_PARAMS = "sparsealloc:was_params"
 #: The raw WAS parameters the band rejected before the accepted one.

@@ -106,7 +106,7 @@ def study_config(sampler: str, target: float, seed: int, budget: int, args: argp
     }
 
 
-def _figures(evaluation: Any, dense: dict[str, float]) -> dict[str, float]:
+def figures(evaluation: Any, dense: dict[str, float]) -> dict[str, float]:
     return {
         "perplexity": evaluation.perplexity,
         "kl": evaluation.kl,
@@ -145,10 +145,10 @@ def run_one(database: Database, config: dict[str, Any], dense: dict[str, dict[st
     for role in CORPORA:
         if thresholds:
             measured = measure(session, best.vector, fixed, role)
-            run[role] = _figures(measured.exact, dense[role])
-            run[f"{role}_with_thresholds"] = _figures(measured.thresholds, dense[role])
+            run[role] = figures(measured.exact, dense[role])
+            run[f"{role}_with_thresholds"] = figures(measured.thresholds, dense[role])
         else:
-            run[role] = _figures(session.evaluate(best.vector, role, rule="quantile"), dense[role])
+            run[role] = figures(session.evaluate(best.vector, role, rule="quantile"), dense[role])
     run["measure_seconds"] = time.perf_counter() - started
     return run
 

@@ -181,3 +181,32 @@ def run_sampler(
 
     study.optimize(func, n_trials=n)
     return np.array([t.value for t in study.trials], dtype=np.float64)
+
+
+def run_frontier(
+    name: str,
+    *,
+    objectives: dict[float, SyntheticObjective],
+    seed: int,
+    n_trials: int,
+    **options: Any,
+) -> list[tuple[float, float]]:
+    """Run ``n_trials`` of a frontier study (one objective per target) with sampler ``name``, as the study runner
+    does: the sampler gives each trial its target, the vector is evaluated on that target's constraint.
+    Returns ``(target, value)`` per trial, in trial order."""
+    import optuna
+
+    from allocator import trial_attributes as attrs
+    from allocator.samplers import create_frontier_sampler, suggest_allocation
+
+    sampler = create_frontier_sampler(name, spaces={t: o.space for t, o in objectives.items()}, seed=seed, **options)
+    study = optuna.create_study(direction="minimize", sampler=sampler)
+
+    def func(trial: optuna.Trial) -> float:
+        trial.relative_params  # noqa: B018 - frontier bo chooses the target when it samples
+        target = attrs.trial_target(trial)  # type: ignore[arg-type]
+        assert target is not None
+        return objectives[target](suggest_allocation(trial, objectives[target].space))
+
+    study.optimize(func, n_trials=n_trials)
+    return [(float(t.user_attrs[attrs.TARGET]), float(t.value)) for t in study.trials]

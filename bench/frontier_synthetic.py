@@ -1,0 +1,158 @@
+"""The frontier design, measured on the synthetic 30-block objective before any model runs (not a test).
+
+    python bench/frontier_synthetic.py                 # targets 0.4-0.7, 3 seeds, 20 evaluations per target
+    python bench/frontier_synthetic.py --per-target 10 # a smoke run
+
+At equal budget, per target, the relative regret ``f(best at t) / f*(t) − 1`` (``f*`` the exact constrained
+optimum of :class:`allocator.testing.SyntheticObjective` at that target) of:
+
+* ``single``: one single-target ``bo`` study per target, ``N`` evaluations each (``4N`` in all);
+* ``frontier-bo``: one frontier study over the four targets with the budget of two single-target studies
+  (``2N`` evaluations), ``bo`` learning one GP across targets and choosing where to evaluate;
+* ``frontier-in-turn``: the same ``2N`` evaluations as independent ``bo`` runs, one per target, targets in
+  turn (what sharing one model across targets is measured against).
+
+Writes ``bench/results/frontier_synthetic.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results"
+TARGETS = (0.4, 0.5, 0.6, 0.7)
+
+
+def _job(job: tuple[str, int, int]) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from allocator.samplers import TargetsInTurn, create_sampler
+    from allocator.testing import SyntheticObjective, run_frontier, run_sampler
+
+    kind, seed, per_target = job
+    objectives = {t: SyntheticObjective(target=t) for t in TARGETS}
+    start = time.perf_counter()
+    best: dict[float, float] = {}
+    counts: dict[float, int] = {}
+    if kind == "single":
+        for t, objective in objectives.items():
+            values = run_sampler("bo", objective=objective, seed=seed, n_trials=per_target)
+            best[t], counts[t] = float(values.min()), int(values.size)
+    else:
+        n = 2 * per_target
+        if kind == "frontier-bo":
+            pairs = run_frontier("bo", objectives=objectives, seed=seed, n_trials=n)
+        else:
+            pairs = _in_turn(objectives, seed, n, TargetsInTurn, create_sampler)
+        for t in TARGETS:
+            mine = [v for target, v in pairs if target == t]
+            best[t], counts[t] = (min(mine) if mine else float("inf")), len(mine)
+    regret = {f"{t:g}": best[t] / objectives[t].optimal_value - 1.0 for t in TARGETS}
+    return {
+        "kind": kind,
+        "seed": seed,
+        "regret": regret,
+        "evaluations": {f"{t:g}": counts[t] for t in TARGETS},
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _in_turn(objectives: dict, seed: int, n: int, in_turn: Any, create: Any) -> list[tuple[float, float]]:
+    """``n`` evaluations of independent per-target ``bo`` runs, targets in turn (the frontier baseline)."""
+    import optuna
+
+    from allocator import trial_attributes as attrs
+    from allocator.samplers import suggest_allocation
+
+    sampler = in_turn(
+        spaces={t: o.space for t, o in objectives.items()}, build=lambda s: create("bo", space=s, seed=seed)
+    )
+    study = optuna.create_study(direction="minimize", sampler=sampler)
+
+    def func(trial: optuna.Trial) -> float:
+        target = attrs.trial_target(trial)
+        return objectives[target](suggest_allocation(trial, objectives[target].space))
+
+    study.optimize(func, n_trials=n)
+    return [(float(t.user_attrs[attrs.TARGET]), float(t.value)) for t in study.trials]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--per-target", type=int, default=20, help="N: evaluations of each single-target study")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    args = parser.parse_args(argv)
+    kinds = ("single", "frontier-bo", "frontier-in-turn")
+    jobs = [(kind, seed, args.per_target) for seed in range(args.seeds) for kind in kinds]
+    runs = []
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        for i, run in enumerate(pool.map(_job, jobs), 1):
+            runs.append(run)
+            regrets = ", ".join(f"{t} {100 * r:.1f}%" for t, r in run["regret"].items())
+            print(
+                f"[{i}/{len(jobs)}] {run['kind']:<16} seed {run['seed']}: {regrets} ({run['seconds']:.0f} s)",
+                flush=True,
+            )
+    payload = {
+        "targets": TARGETS,
+        "per_target": args.per_target,
+        "seeds": args.seeds,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "median_regret": {
+            kind: {
+                f"{t:g}": float(np.median([r["regret"][f"{t:g}"] for r in runs if r["kind"] == kind])) for t in TARGETS
+            }
+            for kind in kinds
+        },
+        "runs": runs,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "frontier_synthetic.json").write_text(json.dumps(payload, indent=1))
+    (RESULTS / "frontier_synthetic.md").write_text(_markdown(payload))
+    print((RESULTS / "frontier_synthetic.md").read_text())
+    return 0
+
+
+def _markdown(p: dict[str, Any]) -> str:
+    n = p["per_target"]
+    lines = [
+        "# Frontier design on the synthetic objective",
+        "",
+        f"`SyntheticObjective(target=t)` (d = 30) at targets {', '.join(f'{t:g}' for t in p['targets'])}; "
+        f"relative regret `f(best at t) / f*(t) − 1`, median over {p['seeds']} sampler seeds. Budget: `single` is "
+        f"one `bo` study per target with {n} evaluations each ({4 * n} in all); both frontier rows spend "
+        f"{2 * n} evaluations (two single-target studies' budget). Machine: {p['machine']['platform']}, "
+        f"{p['machine']['cpus']} CPUs (shared). Rerun: `python bench/frontier_synthetic.py --per-target {n}`.",
+        "",
+        "| | " + " | ".join(f"t = {t:g}" for t in p["targets"]) + " |",
+        "|---|" + "---|" * len(p["targets"]),
+    ]
+    for kind, regrets in p["median_regret"].items():
+        lines.append(f"| {kind} | " + " | ".join(f"{100 * regrets[f'{t:g}']:.2f}%" for t in p["targets"]) + " |")
+    lines += ["", "Per seed (relative regret, evaluations at each target):", ""]
+    for run in p["runs"]:
+        cells = ", ".join(f"{t}: {100 * r:.2f}% ({run['evaluations'][t]})" for t, r in run["regret"].items())
+        lines.append(f"- {run['kind']} seed {run['seed']}: {cells}; {run['seconds']:.0f} s")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
