@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +63,13 @@ class Calibration:
             for i, hist in enumerate(row):
                 out[b, i] = hist.thresholds(site_sparsities[b, i : i + 1])[0]
         return out
+
+    def threshold_table(self, levels: Sequence[float]) -> torch.Tensor:
+        """A ``n_blocks x 7 x L`` table: every site's threshold at each of the ``L`` sparsities ``levels``."""
+        levels = torch.as_tensor(levels, dtype=torch.float64)
+        if levels.dim() != 1 or bool(((levels < 0) | (levels >= 1) | levels.isnan()).any()):
+            raise InputError("Every level of a threshold table should be a sparsity in [0, 1).")
+        return torch.stack([torch.stack([hist.thresholds(levels) for hist in row]) for row in self.histograms])
 
     # -- serialisation -----------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:

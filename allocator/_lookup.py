@@ -7,13 +7,19 @@ achieved model-level sparsity, and per block its sparsity and per site ``{sparsi
 weights at load time, with the norm order recorded), plus calibration and study provenance. It is written
 atomically with the TEAL-compatible files beside it (see :mod:`allocator._teal`).
 
+A lookup written for a frontier point also holds, per site, ``quantiles``: the site's thresholds at each
+sparsity of the top-level ``quantile_levels`` (from that point's calibration under the sparse model), which
+is what interpolating between frontier points needs (see :mod:`allocator._frontier`).
+
 The loader refuses a lookup of another format version, another architecture or another model
-(fingerprint) with one sentence, and never unpickles anything: the lookup is JSON.
+(fingerprint) with one sentence, and never unpickles anything: the lookup is JSON. :func:`load_lookup` also
+loads a frontier export (``sparsealloc.frontier/v1``) at a sparsity within its range.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -53,8 +59,14 @@ def build_lookup(
     site_weights: torch.Tensor,
     calibration: dict[str, Any],
     study: dict[str, Any],
+    quantile_levels: Sequence[float] | None = None,
+    quantiles: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """The lookup document for one allocation (tensors: ``n_blocks``, and ``n_blocks x 7`` for sites)."""
+    """The lookup document for one allocation (tensors: ``n_blocks``, and ``n_blocks x 7`` for sites).
+
+    ``quantiles`` (a ``n_blocks x 7 x L`` tensor: each site's thresholds at the ``L`` sparsities
+    ``quantile_levels``) is given for a frontier point only; a single-target lookup holds no table.
+    """
     achieved = float((site_sparsities * site_weights).sum() / site_weights.sum())
     blocks = []
     for b in range(block_sparsities.numel()):
@@ -62,7 +74,11 @@ def build_lookup(
             name: {"sparsity": float(site_sparsities[b, i]), "threshold": float(thresholds[b, i])}
             for i, name in enumerate(SITE_NAMES)
         }
+        if quantiles is not None:
+            for i, name in enumerate(SITE_NAMES):
+                sites[name]["quantiles"] = [float(q) for q in quantiles[b, i]]
         blocks.append({"index": b, "sparsity": float(block_sparsities[b]), "sites": sites})
+    table = {} if quantiles is None else {"quantile_levels": [float(level) for level in quantile_levels or ()]}
     return {
         "format": LOOKUP_FORMAT,
         "model": model,
@@ -76,6 +92,7 @@ def build_lookup(
         "split": split,
         "target_sparsity": target,
         "achieved_sparsity": achieved,
+        **table,
         "blocks": blocks,
         "calibration": calibration,
         "study": study,
@@ -86,6 +103,8 @@ def build_lookup(
 
 #: What an export directory holds; an existing directory holding anything else is never replaced.
 EXPORT_ENTRIES = frozenset({LOOKUP_FILE, "histograms", "lookup", "block_sparsities.json", "nncf.json"})
+#: A frontier export also holds one directory per target, named with this prefix (``target-0.40``).
+POINT_PREFIX = "target-"
 
 
 def check_export_target(directory: str | Path) -> Path:
@@ -103,7 +122,10 @@ def check_export_target(directory: str | Path) -> Path:
     if not target.is_dir():
         raise OutputError(f"Cannot export into {str(target)!r}: it exists and is not a directory.")
     entries = {entry.name for entry in target.iterdir()}
-    if entries and (LOOKUP_FILE not in entries or entries - EXPORT_ENTRIES or not _is_lookup(target / LOOKUP_FILE)):
+    points = {name for name in entries if name.startswith(POINT_PREFIX)}  # a frontier export's targets
+    if entries and (
+        LOOKUP_FILE not in entries or entries - EXPORT_ENTRIES - points or not _is_lookup(target / LOOKUP_FILE)
+    ):
         raise OutputError(
             f"Cannot export into {str(target)!r}: it holds files that are not a sparsealloc export; "
             "give a new or empty directory, or an earlier export to replace."
@@ -113,7 +135,8 @@ def check_export_target(directory: str | Path) -> Path:
 
 def _is_lookup(path: Path) -> bool:
     try:
-        return json.loads(path.read_text(encoding="utf-8")).get("format", "").startswith("sparsealloc.lookup/")
+        found = json.loads(path.read_text(encoding="utf-8")).get("format", "")
+        return found.startswith(("sparsealloc.lookup/", "sparsealloc.frontier/"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         return False
 
@@ -127,7 +150,7 @@ def write_lookup(directory: str | Path, lookup: dict[str, Any], *, extra: Any = 
     target = check_export_target(directory)
 
     def fill(staging: Path) -> None:
-        (staging / LOOKUP_FILE).write_text(json.dumps(lookup, indent=2, allow_nan=False) + "\n")
+        write_lookup_file(staging, lookup)
         if extra is not None:
             extra(staging)
 
@@ -136,6 +159,12 @@ def write_lookup(directory: str | Path, lookup: dict[str, Any], *, extra: Any = 
     except OSError as error:
         raise OutputError(f"Cannot write the export to {str(target)!r}: {error.strerror or error}.") from error
     return target
+
+
+def write_lookup_file(directory: Path, lookup: dict[str, Any]) -> None:
+    """Write ``lookup.json`` into ``directory`` (not atomically: for a staging directory, or a frontier point's
+    subdirectory inside one)."""
+    (directory / LOOKUP_FILE).write_text(json.dumps(lookup, indent=2, allow_nan=False) + "\n")
 
 
 class _Strict(BaseModel):
@@ -183,10 +212,14 @@ class _LookupDocument(_Strict):
     blocks: list[_BlockEntry]
 
 
-def read_lookup(path: str | Path) -> dict[str, Any]:
-    """Read and validate a lookup (a directory holding ``lookup.json``, or the file itself)."""
+def lookup_file(path: str | Path) -> Path:
+    """The ``lookup.json`` of ``path`` (a directory holding one, or the file itself)."""
     path = Path(path)
-    file = path / LOOKUP_FILE if path.is_dir() else path
+    return path / LOOKUP_FILE if path.is_dir() else path
+
+
+def read_json_document(file: Path) -> dict[str, Any]:
+    """The JSON object in ``file``; one sentence if it is missing, unreadable, corrupted or not an object."""
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -201,7 +234,21 @@ def read_lookup(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(lookup, dict):
         raise LookupFileError(f"Lookup {str(file)!r} is not a sparsealloc lookup.")
+    return lookup
+
+
+def read_lookup(path: str | Path) -> dict[str, Any]:
+    """Read and validate a single-allocation lookup (a directory holding ``lookup.json``, or the file itself).
+
+    A frontier export is refused here with one sentence: :func:`allocator.frontier_point` reads one.
+    """
+    file = lookup_file(path)
+    lookup = read_json_document(file)
     found = lookup.get("format")
+    if isinstance(found, str) and found.startswith("sparsealloc.frontier/"):
+        raise LookupFileError(
+            f"Lookup {str(file)!r} is a frontier of several allocations; read it at a sparsity with frontier_point."
+        )
     if found != LOOKUP_FORMAT:
         raise LookupFileError(f"Lookup {str(file)!r} has format {found!r}; this sparsealloc reads {LOOKUP_FORMAT}.")
     try:
@@ -243,13 +290,18 @@ def check_lookup_model(lookup: dict[str, Any], model: Any) -> None:
         )
 
 
-def load_lookup(model: Any, path: str | Path) -> Sparsifiers:
+def load_lookup(model: Any, path: str | Path, sparsity: float | None = None) -> Sparsifiers:
     """Install a lookup's thresholds on ``model`` (a transformers causal LM); returns the installed hooks.
 
-    The result owns every hook: call ``.remove()`` (or use it as a context manager) to make the model dense
-    again. Refuses a lookup of another format version, architecture or model fingerprint.
+    ``sparsity`` picks the model-level sparsity: for a single-allocation lookup it must be None or its
+    target; a frontier export needs it (unless it holds one point) and loads the point at that target, or
+    interpolates between the two neighbouring points (:func:`allocator.frontier_point`). The result owns
+    every hook: call ``.remove()`` (or use it as a context manager) to make the model dense again. Refuses a
+    lookup of another format version, architecture or model fingerprint.
     """
-    lookup = read_lookup(path)
+    from allocator._frontier import frontier_point  # it reads single lookups through this module
+
+    lookup = frontier_point(path, sparsity)
     check_lookup_model(lookup, model)
     adapter = ModelAdapter(model)
     sparsifiers = Sparsifiers(

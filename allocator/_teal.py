@@ -12,6 +12,9 @@ Layout, under the export directory:
   target; each layer's file includes a row at exactly the exported block sparsity, so that pick is exact.
 - ``block_sparsities.json``: the per-block vector to give those loaders.
 
+A frontier export writes these files for each point in its own directory, and at its top level the files of
+:func:`write_teal_frontier_files` (one results.csv row per point, one point's histograms).
+
 The histograms are not the signed distribution but the symmetrised distribution of |x|, built so that TEAL's
 own reading code returns our threshold. TEAL's ``Distribution`` takes ``cumsum(counts)`` as the CDF *at* each
 center, interpolates linearly between centers, and thresholds a site at ``icdf(0.5 + s/2)``: right only for a
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -69,6 +73,36 @@ def write_teal_files(
     ``block_sparsities`` is the ``n_blocks`` exported vector, ``site_sparsities`` its ``n_blocks x 7`` split
     and ``site_weights`` the ``n_blocks x 7`` weight counts.
     """
+    _write_histograms(directory, calibration)
+    for b in range(calibration.n_blocks):
+        _write_results(directory, b, _layer_rows(b, site_sparsities[b], site_weights[b], greedy))
+    (directory / "block_sparsities.json").write_text(json.dumps([float(s) for s in block_sparsities]) + "\n")
+
+
+def write_teal_frontier_files(
+    directory: Path, calibration: Calibration, site_sparsities: Sequence[torch.Tensor], site_weights: torch.Tensor
+) -> None:
+    """Write the TEAL files of a frontier export's top level into ``directory``.
+
+    ``site_sparsities`` holds each frontier point's ``n_blocks x 7`` split. Each
+    ``lookup/layer-{i}/results.csv`` gets one row per point (the layer's effective sparsity and site split
+    at that point), sorted by Effective Sparsity, so TEAL's nearest-row pick given a point's
+    ``block_sparsities.json`` (in that point's directory) is that point's split. The histograms are those of
+    ``calibration``: one point's (the export passes the point at the middle target), so TEAL's thresholds
+    for the other points come from histograms measured under another allocation. No top-level
+    ``block_sparsities.json`` is written: each point's directory holds its own.
+    """
+    _write_histograms(directory, calibration)
+    for b in range(calibration.n_blocks):
+        rows = []
+        for sites in site_sparsities:
+            effective = float((sites[b] * site_weights[b]).sum() / site_weights[b].sum())
+            rows.append((effective, float("nan"), float("nan"), [float(s) for s in sites[b]]))
+        rows.sort(key=lambda row: row[0])
+        _write_results(directory, b, [[repr(e), repr(a), repr(c), *(repr(s) for s in ss)] for e, a, c, ss in rows])
+
+
+def _write_histograms(directory: Path, calibration: Calibration) -> None:
     if calibration.score.kind != "magnitude":
         raise ValueError("TEAL's files describe magnitude scores only.")
     for b in range(calibration.n_blocks):
@@ -84,14 +118,15 @@ def write_teal_files(
             path = directory / "histograms" / f"layer-{b}" / group_file
             path.mkdir(parents=True, exist_ok=True)
             torch.save(tensors, path / "histograms.pt")
-        rows = _layer_rows(b, site_sparsities[b], site_weights[b], greedy)
-        path = directory / "lookup" / f"layer-{b}"
-        path.mkdir(parents=True, exist_ok=True)
-        with (path / "results.csv").open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(CSV_HEADER)
-            writer.writerows(rows)
-    (directory / "block_sparsities.json").write_text(json.dumps([float(s) for s in block_sparsities]) + "\n")
+
+
+def _write_results(directory: Path, block: int, rows: list[list[str]]) -> None:
+    path = directory / "lookup" / f"layer-{block}"
+    path.mkdir(parents=True, exist_ok=True)
+    with (path / "results.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_HEADER)
+        writer.writerows(rows)
 
 
 def _symmetrised(hist: ScoreHistogram) -> tuple[torch.Tensor, torch.Tensor]:

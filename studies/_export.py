@@ -11,10 +11,21 @@ Reporting, for the record only (nothing reported as held-out ever chooses anythi
 out-of-domain) KL and perplexity at exactly the target sparsity, which compare allocations free of how
 well thresholds transfer between documents, and with the exported thresholds, with the sparsity they
 really reach on each text.
+
+A frontier study (several targets) is exported as one directory holding the frontier
+(:func:`export_frontier`): each target is chosen, calibrated and measured exactly as above, among that
+target's own trials, and written as a complete single-target lookup in its own subdirectory
+(``target-0.40/``), whose ``lookup.json`` also holds every site's quantile table of thresholds (what
+interpolating between targets needs); a top-level ``lookup.json`` (``sparsealloc.frontier/v1``) indexes the
+points, and top-level TEAL files hold one results.csv row per point (see
+:func:`allocator.write_teal_frontier_files`). The database records one export: the point at the middle
+target (the lower of the two middle ones for an even count), its trial and held-out perplexity, with the
+index as the lookup.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +36,21 @@ import torch
 from optuna.trial import TrialState
 
 from allocator import (
+    QUANTILE_LEVELS,
     Calibration,
     Evaluation,
     InputError,
+    OutputError,
+    atomic_write_directory,
+    build_frontier_index,
     build_lookup,
     calibrate_allocation,
     check_export_target,
+    point_directory,
     write_lookup,
+    write_lookup_file,
     write_teal_files,
+    write_teal_frontier_files,
 )
 from allocator import trial_attributes as attrs
 from allocator.integrations.nncf import write_nncf_file
@@ -75,15 +93,60 @@ class ExportResult:
     search_measured_sparsity: float  # with the exported thresholds, on the search pool
     achieved_sparsity: float
     teal_files: bool
+    target: float
 
     @property
     def heldout_perplexity(self) -> float:
         return self.heldout.thresholds.perplexity
 
 
-def export_candidates(study: optuna.Study, count: int) -> list[optuna.trial.FrozenTrial]:
-    """The trials that reached the highest rung, best (lowest value there) first, at most ``count``."""
+@dataclass(frozen=True)
+class FrontierExportResult:
+    """A frontier export: its directory and one result per point (increasing targets; each ``path`` is the
+    point's subdirectory). ``recorded`` is the position of the point the database records."""
+
+    path: Path
+    points: tuple[ExportResult, ...]
+    recorded: int
+
+
+@dataclass(frozen=True)
+class ExportedPoint:
+    """One target's chosen allocation: its calibration under the sparse model, figures and lookup document."""
+
+    best: Candidate
+    candidates: int
+    calibration: Calibration | None  # dropped (None) once a frontier point's files are written
+    report: dict[str, Measured]
+    search: Evaluation
+    lookup: dict[str, Any]
+    site_sparsities: torch.Tensor
+
+    def result(self, path: Path, teal: bool) -> ExportResult:
+        return ExportResult(
+            path=path,
+            trial_number=self.best.trial.number,
+            candidates=self.candidates,
+            search_value=float(self.best.trial.value),
+            validation=self.best.validation,
+            heldout=self.report["heldout"],
+            ood=self.report.get("ood"),
+            search_measured_sparsity=self.search.measured_sparsity,
+            achieved_sparsity=self.lookup["achieved_sparsity"],
+            teal_files=teal,
+            target=float(self.lookup["target_sparsity"]),
+        )
+
+
+def export_candidates(study: optuna.Study, count: int, target: float | None = None) -> list[optuna.trial.FrozenTrial]:
+    """The trials that reached the highest rung, best (lowest value there) first, at most ``count``.
+
+    ``target`` (a frontier study's) keeps only the trials of that target, and the highest rung is the
+    highest its trials reached; None keeps every trial (a single-target study).
+    """
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    if target is not None:
+        complete = [t for t in complete if _is_at(t, target)]
     if not complete:
         return []
 
@@ -93,6 +156,11 @@ def export_candidates(study: optuna.Study, count: int) -> list[optuna.trial.Froz
     top = max(len(rungs(t)) for t in complete)
     reached = [t for t in complete if len(rungs(t)) == top]
     return sorted(reached, key=lambda t: (rungs(t)[-1], t.number))[:count]
+
+
+def _is_at(trial: optuna.trial.FrozenTrial, target: float) -> bool:
+    recorded = attrs.trial_target(trial)
+    return recorded is not None and abs(recorded - target) <= 1e-9
 
 
 def evaluate_candidate(session: StudySession, trial: optuna.trial.FrozenTrial) -> Candidate:
@@ -117,21 +185,17 @@ def measure(session: StudySession, vector: torch.Tensor, thresholds: torch.Tenso
     )
 
 
-def export_study(session: StudySession, out: str | Path) -> ExportResult:
-    """Choose a trial by validation, calibrate its thresholds, write its lookup to ``out``, record it.
-
-    ``out`` must be new, empty or an earlier export (see :func:`allocator.check_export_target`); an earlier
-    export is replaced atomically.
-    """
-    check_export_target(out)
+def export_point(
+    session: StudySession, trials: list[optuna.trial.FrozenTrial], target: float, *, frontier: bool = False
+) -> ExportedPoint:
+    """Choose among ``trials`` (one target's candidates) by validation, calibrate the choice's thresholds
+    under the sparse model, measure it, and build its lookup (with quantile tables for a frontier point)."""
     config = session.config
-    trials = export_candidates(load_optuna_study(session), config.search.validation_candidates)
-    if not trials:
-        raise InputError(f"Study {config.name!r} has no finished trial to export yet; run it first.")
-    session.notify(f"Choosing among {len(trials)} candidate(s) by validation {config.search.objective}")
+    label = f"Target {target:g}: " if frontier else ""
+    session.notify(f"{label}Choosing among {len(trials)} candidate(s) by validation {config.search.objective}")
     candidates = [evaluate_candidate(session, trial) for trial in trials]
     best = min(candidates, key=lambda c: (c.validation.value(config.search.objective), c.trial.number))
-    session.notify(f"Calibrating the thresholds of trial {best.trial.number} under the sparse model")
+    session.notify(f"{label}Calibrating the thresholds of trial {best.trial.number} under the sparse model")
     calibration, thresholds = exported_thresholds(session, best.vector)
     report = {
         role: measure(session, best.vector, thresholds, role)
@@ -140,35 +204,132 @@ def export_study(session: StudySession, out: str | Path) -> ExportResult:
     }
     pool = session.rungs_order()[:_SEARCH_MEASURE_SEQUENCES]
     search = session.evaluate(best.vector, "search", index=pool, rule="threshold", thresholds=thresholds)
-    lookup = _lookup_document(session, best, thresholds, calibration, report, search, len(candidates))
+    table = calibration.threshold_table(QUANTILE_LEVELS) if frontier else None
+    lookup = _lookup_document(session, best, thresholds, calibration, report, search, len(candidates), target, table)
     site_sparsities = session.sparse_model.site_sparsities(best.vector)
-    teal = session.score.kind == "magnitude"
+    return ExportedPoint(best, len(candidates), calibration, report, search, lookup, site_sparsities)
 
-    def extra(directory: Path) -> None:
-        if teal:
-            site_weights = session.loaded.adapter.site_weights()
-            write_teal_files(directory, calibration, best.vector, site_sparsities, site_weights, session.greedy)
-        write_nncf_file(directory, lookup)
 
-    path = write_lookup(out, lookup, extra=extra)
+def _write_point_files(session: StudySession, directory: Path, point: ExportedPoint) -> None:
+    """A point's TEAL files (magnitude score) and nncf.json, beside its lookup.json."""
+    if session.score.kind == "magnitude":
+        site_weights = session.loaded.adapter.site_weights()
+        write_teal_files(
+            directory, point.calibration, point.best.vector, point.site_sparsities, site_weights, session.greedy
+        )
+    write_nncf_file(directory, point.lookup)
+
+
+def export_study(session: StudySession, out: str | Path) -> ExportResult | FrontierExportResult:
+    """Choose a trial by validation, calibrate its thresholds, write its lookup to ``out``, record it.
+
+    A frontier study's export is :func:`export_frontier`'s. ``out`` must be new, empty or an earlier export
+    (see :func:`allocator.check_export_target`); an earlier export is replaced atomically.
+    """
+    check_export_target(out)
+    config = session.config
+    if config.sparsity.is_frontier:
+        return export_frontier(session, out)
+    trials = export_candidates(load_optuna_study(session), config.search.validation_candidates)
+    if not trials:
+        raise InputError(f"Study {config.name!r} has no finished trial to export yet; run it first.")
+    point = export_point(session, trials, config.sparsity.targets[0])
+    path = write_lookup(out, point.lookup, extra=lambda directory: _write_point_files(session, directory, point))
     session.database.record_export(
         study_name=config.name,
-        trial_number=best.trial.number,
+        trial_number=point.best.trial.number,
         path=str(path),
-        heldout_perplexity=report["heldout"].thresholds.perplexity,
-        lookup=json.dumps(lookup),
+        heldout_perplexity=point.report["heldout"].thresholds.perplexity,
+        lookup=json.dumps(point.lookup),
     )
-    return ExportResult(
-        path=path,
-        trial_number=best.trial.number,
-        candidates=len(candidates),
-        search_value=float(best.trial.value),
-        validation=best.validation,
-        heldout=report["heldout"],
-        ood=report.get("ood"),
-        search_measured_sparsity=search.measured_sparsity,
-        achieved_sparsity=lookup["achieved_sparsity"],
-        teal_files=teal,
+    return point.result(path, session.score.kind == "magnitude")
+
+
+def export_frontier(session: StudySession, out: str | Path) -> FrontierExportResult:
+    """Export every target of a frontier study into one directory ``out``, atomically (module docstring).
+
+    Every target needs a finished trial; the points are chosen, calibrated and written one at a time (each
+    point's calibration is dropped once its files are written, but the middle one's, for the TEAL files).
+    """
+    target_dir = check_export_target(out)
+    config = session.config
+    study = load_optuna_study(session)
+    count = config.search.validation_candidates
+    chosen = {target: export_candidates(study, count, target) for target in config.sparsity.targets}
+    missing = [f"{target:g}" for target, trials in chosen.items() if not trials]
+    if missing:
+        raise InputError(
+            f"Study {config.name!r} has no finished trial at target(s) {', '.join(missing)} to export yet; "
+            "run it further."
+        )
+    middle = (len(chosen) - 1) // 2
+    points: list[ExportedPoint] = []
+    teal = session.score.kind == "magnitude"
+
+    def fill(staging: Path) -> None:
+        for position, (target, trials) in enumerate(chosen.items()):
+            point = export_point(session, trials, target, frontier=True)
+            directory = staging / point_directory(target)
+            directory.mkdir()
+            write_lookup_file(directory, point.lookup)
+            _write_point_files(session, directory, point)
+            points.append(point if position == middle else dataclasses.replace(point, calibration=None))
+        if teal:
+            site_weights = session.loaded.adapter.site_weights()
+            sites = [point.site_sparsities for point in points]
+            write_teal_frontier_files(staging, points[middle].calibration, sites, site_weights)
+        write_lookup_file(staging, _frontier_index(session, points, teal, middle))
+
+    try:
+        atomic_write_directory(target_dir, fill)
+    except OSError as error:
+        raise OutputError(f"Cannot write the export to {str(target_dir)!r}: {error.strerror or error}.") from error
+    recorded = points[middle]
+    session.database.record_export(
+        study_name=config.name,
+        trial_number=recorded.best.trial.number,
+        path=str(target_dir),
+        heldout_perplexity=recorded.report["heldout"].thresholds.perplexity,
+        lookup=(target_dir / "lookup.json").read_text(encoding="utf-8"),
+    )
+    results = tuple(
+        point.result(target_dir / point_directory(point.lookup["target_sparsity"]), teal) for point in points
+    )
+    return FrontierExportResult(path=target_dir, points=results, recorded=middle)
+
+
+def _frontier_index(session: StudySession, points: list[ExportedPoint], teal: bool, middle: int) -> dict[str, Any]:
+    """The top-level ``lookup.json`` of a frontier export."""
+    config = session.config
+    entries = [
+        {
+            "target": point.lookup["target_sparsity"],
+            "directory": point_directory(point.lookup["target_sparsity"]),
+            "achieved_sparsity": point.lookup["achieved_sparsity"],
+            "trial": point.best.trial.number,
+            "validation": _figures(point.best.validation),
+            **{role: measured.as_dict() for role, measured in point.report.items()},
+            "search_with_thresholds": _figures(point.search),
+        }
+        for point in points
+    ]
+    first = points[0].lookup
+    teal_note = (
+        f"top-level histograms from {entries[middle]['directory']}; results.csv rows: one per point" if teal else None
+    )
+    details = {key: first[key] for key in ("score", "sparsify_fraction", "split")}
+    return build_frontier_index(
+        points=entries,
+        model=session.loaded.identity(),
+        details={**details, "teal": teal_note},
+        study={
+            "name": config.name,
+            "sampler": config.sampler.name,
+            "objective": config.search.objective,
+            "chosen_by": f"validation {config.search.objective}, among each target's own trials",
+            "recorded_point": entries[middle]["directory"],
+            "config": config.canonical(),
+        },
     )
 
 
@@ -184,15 +345,18 @@ def _lookup_document(
     report: dict[str, Measured],
     search: Evaluation,
     candidates: int,
+    target: float,
+    quantiles: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """The lookup of the chosen allocation, with its calibration and study provenance."""
+    """The lookup of the chosen allocation, with its calibration and study provenance (and, for a frontier
+    point, ``quantiles``: every site's thresholds at :data:`allocator.QUANTILE_LEVELS`)."""
     config = session.config
     return build_lookup(
         model=session.loaded.identity(),
         score=session.score,
         sparsify_fraction=session.sparse_model.sparsify_fraction,
         split=config.sparsity.split,
-        target=config.sparsity.target,
+        target=target,
         block_sparsities=best.vector,
         site_sparsities=session.sparse_model.site_sparsities(best.vector),
         thresholds=thresholds,
@@ -219,4 +383,6 @@ def _lookup_document(
             "measured_sparsity": search.measured_sparsity,
             "config": config.canonical(),
         },
+        quantile_levels=QUANTILE_LEVELS if quantiles is not None else None,
+        quantiles=quantiles,
     )

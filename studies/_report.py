@@ -1,5 +1,15 @@
 """PNG plots of a study, from the database alone: best-so-far perplexity, the best allocation across depth
-against uniform, and measured sparsity against perplexity for every trial."""
+against uniform, and measured sparsity against perplexity for every trial.
+
+A frontier study (several targets) also gets ``frontier.png``: held-out perplexity and held-out KL against
+measured sparsity (the trial's ``measured_sparsity`` on its search screen: at exactly its target under the
+``quantile`` rule) of each target's best trial among those whose held-out figures the runner recorded (it
+records them for each new best trial of a target; best: most rungs reached, then lowest value at the last).
+As baselines it draws, per target, the trials whose evaluated vector is uniform across blocks (``uniform``,
+or TEAL's ``greedy-uniform`` under the greedy split) where the database holds their held-out figures; it
+computes nothing (no model is loaded), so a baseline the study never evaluated, or evaluated without held-out
+figures, is missing from the plot. Its best allocation plot draws each target's best trial.
+"""
 
 from __future__ import annotations
 
@@ -39,11 +49,14 @@ def write_report(database: Database, name: str, out: str | Path) -> list[Path]:
 
 def _write_plots(plt: Any, config: Any, study: optuna.Study, complete: list[Any], out: Path) -> list[Path]:
     written = []
-    for plot, filename in (
+    plots = [
         (_best_so_far, "best_so_far.png"),
         (_best_allocation, "best_allocation.png"),
         (_sparsity_vs_objective, "sparsity_vs_objective.png"),
-    ):
+    ]
+    if config.sparsity.is_frontier:
+        written.append(_frontier(plt, config, complete, out / "frontier.png"))
+    for plot, filename in plots:
         figure, axis = plt.subplots(figsize=(7, 4))
         plot(axis, config, study, complete)
         axis.legend()
@@ -68,16 +81,47 @@ def _best_so_far(axis: Any, config: Any, study: optuna.Study, complete: list[Any
         axis.set_yscale("log")
     axis.set_xlabel("trial")
     axis.set_ylabel(config.search.objective)
-    axis.set_title(f"{config.name}: {config.sampler.name}, target {config.sparsity.target:.0%}")
+    axis.set_title(f"{config.name}: {config.sampler.name}, {_targets_label(config)}")
+
+
+def _targets_label(config: Any) -> str:
+    targets = config.sparsity.targets
+    if len(targets) == 1:
+        return f"target {targets[0]:.0%}"
+    return f"{len(targets)} targets {targets[0]:.0%}-{targets[-1]:.0%}"
+
+
+def _trials_at(config: Any, complete: list[Any], target: float) -> list[Any]:
+    """The trials of ``target`` (a single-target study's trials may not record theirs: all of them)."""
+    if not config.sparsity.is_frontier:
+        return complete
+    return [t for t in complete if (found := attrs.trial_target(t)) is not None and abs(found - target) <= 1e-9]
+
+
+def _best_of(trials: list[Any]) -> Any:
+    """The trial that reached the most rungs, lowest value at its last rung first; None if there is none."""
+
+    def rungs(trial: Any) -> list[float]:
+        return attrs.rung_values(trial) or [float(trial.value)]
+
+    return min(trials, key=lambda t: (-len(rungs(t)), rungs(t)[-1], t.number), default=None)
 
 
 def _best_allocation(axis: Any, config: Any, study: optuna.Study, complete: list[Any]) -> None:
-    best = best_trial(study)
-    if best is not None:
-        vector = attrs.evaluated_vector(best)
-        blocks = np.arange(len(vector))
-        axis.bar(blocks, vector, label=f"best trial {best.number} ({config.search.objective} {best.value:.4g})")
-        axis.axhline(config.sparsity.target, color="black", linestyle="--", label="uniform")
+    if config.sparsity.is_frontier:
+        for target in config.sparsity.targets:
+            best = _best_of(_trials_at(config, complete, target))
+            vector = attrs.evaluated_vector(best) if best is not None else None
+            if vector is not None:
+                line = axis.plot(np.arange(len(vector)), vector, "o-", label=f"{target:.0%}: trial {best.number}")
+                axis.axhline(target, color=line[0].get_color(), linestyle="--", alpha=0.5)
+    else:
+        best = best_trial(study)
+        if best is not None:
+            vector = attrs.evaluated_vector(best)
+            blocks = np.arange(len(vector))
+            axis.bar(blocks, vector, label=f"best trial {best.number} ({config.search.objective} {best.value:.4g})")
+            axis.axhline(config.sparsity.target, color="black", linestyle="--", label="uniform")
     axis.set_xlabel("block (depth)")
     axis.set_ylabel("sparsity")
     axis.set_title("best allocation across depth")
@@ -89,7 +133,44 @@ def _sparsity_vs_objective(axis: Any, config: Any, study: optuna.Study, complete
     if points:
         axis.scatter(*zip(*points, strict=True), alpha=0.6)
         axis.set_yscale("log")
-    axis.axvline(config.sparsity.target, color="black", linestyle="--", label="target")
+    for position, target in enumerate(config.sparsity.targets):
+        axis.axvline(target, color="black", linestyle="--", label="target" if position == 0 else None)
     axis.set_xlabel("measured model-level sparsity (search screen)")
     axis.set_ylabel(f"search {config.search.objective}")
     axis.set_title("every trial")
+
+
+def _frontier(plt: Any, config: Any, complete: list[Any], path: Path) -> Path:
+    """``frontier.png``: held-out perplexity and KL against measured sparsity (see the module docstring)."""
+    baseline = "greedy-uniform" if config.sparsity.split == "greedy" else "uniform"
+    series: dict[str, list[tuple[float, float, float]]] = {"best trial per target": [], baseline: []}
+    for target in config.sparsity.targets:
+        trials = [t for t in _trials_at(config, complete, target) if _heldout(t) is not None]
+        uniform = [t for t in trials if _is_uniform(attrs.evaluated_vector(t))]
+        for label, chosen in (("best trial per target", _best_of(trials)), (baseline, _best_of(uniform))):
+            if chosen is not None:
+                series[label].append(_heldout(chosen))
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, column, name in ((axes[0], 1, "held-out perplexity"), (axes[1], 2, "held-out KL")):
+        for (label, points), style in zip(series.items(), ("o-", "s--"), strict=True):
+            if points:
+                ordered = sorted(points)
+                axis.plot([p[0] for p in ordered], [p[column] for p in ordered], style, label=label)
+        axis.set_xlabel("measured model-level sparsity (search screen)")
+        axis.set_ylabel(name)
+        axis.set_title(f"{config.name}: {name} across the frontier")
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _is_uniform(vector: Any) -> bool:
+    return vector is not None and len(vector) > 0 and float(np.ptp(vector)) <= 1e-9
+
+
+def _heldout(trial: Any) -> tuple[float, float, float] | None:
+    """``(measured sparsity, held-out perplexity, held-out KL)`` of a trial that records all three."""
+    figures = (attrs.measured_sparsity(trial), attrs.heldout_perplexity(trial), attrs.heldout_kl(trial))
+    return None if any(value is None for value in figures) else figures

@@ -286,6 +286,13 @@ def evaluate(sparsity: float, sparsify_fraction: float, **options: Any) -> None:
 @click.option("--sequences", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--sparsity",
+    type=float,
+    default=None,
+    help="Model-level sparsity to load from a frontier export (interpolated between its targets); for a "
+    "single lookup, its own target or nothing.",
+)
 @_placement_options
 def apply(
     lookup_path: Path,
@@ -295,27 +302,32 @@ def apply(
     sequences: int,
     seed: int,
     batch_size: int,
+    sparsity: float | None,
     device: str | None,
     dtype: str | None,
 ) -> None:
-    """Install an exported lookup on MODEL and report perplexity and measured sparsity on DATA."""
+    """Install an exported lookup on MODEL and report perplexity and measured sparsity on DATA.
+
+    A frontier export is loaded at ``--sparsity``: a target's own point, or the interpolation of the two
+    neighbouring points.
+    """
     from allocator import (
         compute_reference,
         evaluate_tokens,
+        frontier_point,
         load_lookup,
         load_model,
         load_text,
         make_token_sets,
-        read_lookup,
     )
 
-    read_lookup(lookup_path)  # refuse a bad lookup before loading the model
+    chosen = frontier_point(lookup_path, sparsity)  # refuse a bad lookup or sparsity before loading the model
     loaded = load_model(model, device=device or "auto", dtype=dtype or "auto")
     counts = {"heldout": sequences}
     tokens = make_token_sets(load_text(data), loaded.tokenizer, seq_len=seq_len, counts=counts, seed=seed).heldout
     reference = compute_reference(loaded.adapter, tokens, batch_size=batch_size)  # the dense model, before
     with (
-        load_lookup(loaded.model, lookup_path) as sparsifiers,
+        load_lookup(loaded.model, lookup_path, sparsity) as sparsifiers,
         progress_bar("Evaluating", sequences, unit="sequences") as advance,
     ):
         done = [0]
@@ -338,7 +350,20 @@ def apply(
         f"({evaluation.seconds:.1f} s)"
     )
     click.echo(f"KL           {evaluation.kl:.4f} to the dense model, per token")
-    click.echo(f"sparsity     measured {evaluation.measured_sparsity:.4f}")
+    click.echo(f"sparsity     {_loaded_target(chosen)}; measured {evaluation.measured_sparsity:.4f}")
+
+
+def _loaded_target(lookup: dict[str, Any]) -> str:
+    """What ``apply`` loaded: the lookup's target, and for a frontier export which point(s) gave it."""
+    target = lookup.get("target_sparsity")
+    text = f"target {target:.4f}" if isinstance(target, float | int) else "target not recorded"
+    frontier = lookup.get("frontier")
+    if frontier is None:
+        return text
+    if len(frontier["targets"]) == 1:
+        return f"{text} (a point of the frontier)"
+    low, high = frontier["targets"]
+    return f"{text} (interpolated between the frontier's points at {low:g} and {high:g})"
 
 
 # -- studies ----------------------------------------------------------------------------------------------
@@ -562,7 +587,7 @@ def study_export(name: str, out: Path, storage: str | None) -> None:
     OUT must be a new or empty directory, or an earlier export (which is replaced atomically).
     """
     from allocator import check_export_target
-    from studies._export import export_study
+    from studies._export import FrontierExportResult, export_study
     from studies._manage import load_study_config
     from studies._session import open_session
 
@@ -572,6 +597,9 @@ def study_export(name: str, out: Path, storage: str | None) -> None:
     with stderr_console.status("Preparing the export …"):
         session = open_session(database, config)
         result = export_study(session, out)
+    if isinstance(result, FrontierExportResult):
+        _print_frontier_export(name, result)
+        return
     click.echo(f"exported trial {result.trial_number} of {name!r} to {result.path}")
     click.echo(
         f"chosen       among {result.candidates} candidate(s) by validation: KL {result.validation.kl:.4f}, "
@@ -590,6 +618,18 @@ def study_export(name: str, out: Path, storage: str | None) -> None:
         f"{result.search_measured_sparsity:.4f}; "
         + ("TEAL files written" if result.teal_files else "no TEAL files (weight_aware score)")
     )
+
+
+def _print_frontier_export(name: str, result: Any) -> None:
+    """One line per frontier point of ``study export``."""
+    click.echo(f"exported the frontier of {name!r} ({len(result.points)} targets) to {result.path}")
+    for point in result.points:
+        fixed = point.heldout.thresholds
+        click.echo(
+            f"target {point.target:.3f}  trial {point.trial_number} of {point.candidates} candidate(s): validation "
+            f"KL {point.validation.kl:.4f}; held-out KL {fixed.kl:.4f}, perplexity {fixed.perplexity:.3f}, "
+            f"measured sparsity {fixed.measured_sparsity:.4f} with the exported thresholds -> {point.path.name}/"
+        )
 
 
 @study.command("report")

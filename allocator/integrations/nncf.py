@@ -181,7 +181,15 @@ def _as_dataset(nncf: Any, dataset: Any, model: Any, batch_size: int) -> Any:
     return nncf.Dataset(batches)
 
 
-def sparsify(model: Any, lookup_dir: str | Path, dataset: Any, *, batch_size: int = 8, **kwargs: Any) -> Any:
+def sparsify(
+    model: Any,
+    lookup_dir: str | Path,
+    dataset: Any,
+    *,
+    batch_size: int = 8,
+    sparsity: float | None = None,
+    **kwargs: Any,
+) -> Any:
     """Sparsify ``model``'s linear inputs with NNCF at the lookup's per-site sparsities; returns NNCF's model.
 
     ``dataset`` calibrates NNCF's thresholds: an ``nncf.Dataset`` of model inputs, any iterable NNCF can wrap
@@ -190,18 +198,21 @@ def sparsify(model: Any, lookup_dir: str | Path, dataset: Any, *, batch_size: in
     with more weight on the last batches (an exponential moving average, alpha 0.2), so a few large batches
     calibrate better than many small ones.
 
+    ``sparsity`` picks the point of a frontier export (interpolated between targets, as
+    :func:`allocator.frontier_point` does); for a single-target lookup it must be None or its target.
+
     The lookup is read and checked first (format, completeness, and that ``model`` is the lookup's model);
     NNCF then wraps ``model`` in place, so the returned model is ``model`` itself with NNCF's hooks, whose
     ``ActivationsSparsifier`` modules hold each layer's calibrated ``running_threshold``.
     """
     nncf, target_scope, sparsify_activations = _import_nncf()
-    from allocator import read_lookup
+    from allocator import frontier_point
 
-    lookup = read_lookup(lookup_dir)
+    lookup = frontier_point(lookup_dir, sparsity)
     targets = nncf_targets(lookup, model)
     for note in _divergences(lookup):
         warnings.warn(note, UserWarning, stacklevel=2)
-    scopes = {target_scope(names=[name]): sparsity for name, sparsity in targets.items()}
+    scopes = {target_scope(names=[name]): share for name, share in targets.items()}
     return sparsify_activations(model, _as_dataset(nncf, dataset, model, batch_size), scopes, **kwargs)
 
 
