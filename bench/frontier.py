@@ -120,17 +120,21 @@ def main() -> None:
         results["seconds"] = time.perf_counter() - started
         write_outputs(results, args.out)
 
-    for sampler in ("greedy", "uniform"):
-        for target in (*TARGETS, *BETWEEN):
-            run = run_one(database, study_config(sampler, target, 0, args.budget, args), dense, False)
-            results["baselines"][f"{sampler}@{target:g}"] = run
-            print(f"{run['name']:<22} held-out {run['heldout']['degradation']:+.1%}", flush=True)
-        save()
+    def baselines() -> None:
+        for sampler in ("greedy", "uniform"):
+            for target in (*TARGETS, *BETWEEN):
+                run = run_one(database, study_config(sampler, target, 0, args.budget, args), dense, False)
+                results["baselines"][f"{sampler}@{target:g}"] = run
+                print(f"{run['name']:<22} held-out {run['heldout']['degradation']:+.1%}", flush=True)
+            save()
+
     for seed in args.seeds:
         run = frontier_run(database, args, seed, dense)
         results["frontier"][str(seed)] = run
         print(f"{run['name']:<22} tokens {run['tokens']:,}", flush=True)
         save()
+        if not results["baselines"]:
+            baselines()
         if args.skip_single:
             continue
         for target in TARGETS:
