@@ -69,11 +69,21 @@ def delete_study(database: Database, name: str) -> int:
     return trials
 
 
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The COMPLETE trial with the lowest finite value, or None."""
+def best_trial(study: optuna.Study, target: float | None = None) -> optuna.trial.FrozenTrial | None:
+    """The COMPLETE trial with the lowest finite value (of ``target``'s trials, if given), or None.
+
+    Values of different targets never compare: a frontier study has a best trial per target.
+    """
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
     complete = [t for t in complete if math.isfinite(t.value)]
+    if target is not None:
+        complete = [t for t in complete if _of_target(t, target)]
     return min(complete, key=lambda t: t.value) if complete else None
+
+
+def _of_target(trial: optuna.trial.FrozenTrial, target: float) -> bool:
+    recorded = attrs.trial_target(trial)
+    return recorded is not None and abs(recorded - target) <= 1e-9
 
 
 def load_study_config(database: Database, name: str) -> StudyConfig:
@@ -81,14 +91,27 @@ def load_study_config(database: Database, name: str) -> StudyConfig:
 
 
 @dataclass(frozen=True)
+class TargetBest:
+    """A frontier study's best trial at one of its targets."""
+
+    target: float
+    complete: int
+    trial: int | None
+    value: float | None
+    heldout_perplexity: float | None
+    measured_sparsity: float | None
+
+
+@dataclass(frozen=True)
 class StudySummary:
-    """What ``study status`` and ``study list`` show."""
+    """What ``study status`` and ``study list`` show. For a frontier study (several targets) the ``best_*``
+    fields are None (values of different targets never compare) and ``frontier`` holds the best per target."""
 
     name: str
     sampler: str
     split: str
     objective: str
-    target_sparsity: float
+    targets: tuple[float, ...]
     trials: int
     complete: int
     running: int
@@ -102,6 +125,14 @@ class StudySummary:
     best_heldout_perplexity: float | None
     best_measured_sparsity: float | None
     best_vector: tuple[float, ...] | None
+    frontier: tuple[TargetBest, ...] = ()
+
+    @property
+    def target_label(self) -> str:
+        """``0.500``, or ``0.40-0.70 (4)`` for a frontier study."""
+        if len(self.targets) == 1:
+            return f"{self.targets[0]:.3f}"
+        return f"{self.targets[0]:.2f}-{self.targets[-1]:.2f} ({len(self.targets)})"
 
     def vector_summary(self) -> str:
         if not self.best_vector:
@@ -115,14 +146,15 @@ def summarize(database: Database, name: str) -> StudySummary:
     study = optuna.load_study(study_name=name, storage=database.optuna_storage)
     trials = study.get_trials(deepcopy=False)
     count = {state: sum(1 for t in trials if t.state == state) for state in TrialState}
-    best = best_trial(study)
+    targets = config.sparsity.targets
+    best = best_trial(study) if len(targets) == 1 else None
     vector = attrs.evaluated_vector(best) if best is not None else None
     return StudySummary(
         name=name,
         sampler=config.sampler.name,
         split=config.sparsity.split,
         objective=config.search.objective,
-        target_sparsity=config.sparsity.target,
+        targets=targets,
         trials=config.trials,
         complete=count[TrialState.COMPLETE],
         running=count[TrialState.RUNNING],
@@ -136,4 +168,18 @@ def summarize(database: Database, name: str) -> StudySummary:
         best_heldout_perplexity=attrs.heldout_perplexity(best) if best is not None else None,
         best_measured_sparsity=attrs.measured_sparsity(best) if best is not None else None,
         best_vector=tuple(float(x) for x in vector) if vector is not None else None,
+        frontier=tuple(_target_best(study, target) for target in targets) if len(targets) > 1 else (),
+    )
+
+
+def _target_best(study: optuna.Study, target: float) -> TargetBest:
+    best = best_trial(study, target)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return TargetBest(
+        target=target,
+        complete=sum(1 for t in complete if _of_target(t, target)),
+        trial=None if best is None else best.number,
+        value=None if best is None else best.value,
+        heldout_perplexity=None if best is None else attrs.heldout_perplexity(best),
+        measured_sparsity=None if best is None else attrs.measured_sparsity(best),
     )

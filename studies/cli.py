@@ -461,6 +461,8 @@ def _run(
         heldout_ppl = summary.best_heldout_perplexity
         heldout = f", held-out perplexity {heldout_ppl:.3f}" if heldout_ppl else ""
         click.echo(f"best trial {summary.best_trial}: search {summary.objective} {summary.best_value:.4g}{heldout}")
+    for point in summary.frontier:
+        click.echo(f"at {point.target:.3f}: {_target_line(summary.objective, point)}")
 
 
 _trials_option = click.option(
@@ -518,7 +520,7 @@ def study_status(name: str, storage: str | None) -> None:
     measured = "" if measured is None else f", measured sparsity {measured:.4f}"
     rows = [
         ("study", f"{summary.name} ({database.masked_url})"),
-        ("sampler", f"{summary.sampler}, {summary.split} split, target {summary.target_sparsity:.3f}"),
+        ("sampler", f"{summary.sampler}, {summary.split} split, target {summary.target_label}"),
         (
             "trials",
             f"{summary.complete}/{summary.trials} complete, {summary.running} running, {summary.waiting} waiting, "
@@ -533,8 +535,19 @@ def study_status(name: str, storage: str | None) -> None:
         ("held-out", "-" if summary.best_heldout_perplexity is None else f"{summary.best_heldout_perplexity:.3f}"),
         ("vector", summary.vector_summary()),
     ]
+    if summary.frontier:  # values of different targets never compare: the best of each target
+        rows[3:] = [(f"at {point.target:.3f}", _target_line(summary.objective, point)) for point in summary.frontier]
     for key, value in rows:
         click.echo(f"{key:<10} {value}")
+
+
+def _target_line(objective: str, point: Any) -> str:
+    if point.trial is None:
+        return f"{point.complete} complete"
+    heldout = "" if point.heldout_perplexity is None else f", held-out perplexity {point.heldout_perplexity:.3f}"
+    measured = "" if point.measured_sparsity is None else f", measured sparsity {point.measured_sparsity:.4f}"
+    best = f"best trial {point.trial}: search {objective} {point.value:.4g}"
+    return f"{point.complete} complete; {best}{measured}{heldout}"
 
 
 @study.command("list")
@@ -549,13 +562,13 @@ def study_list(storage: str | None) -> None:
         click.echo(f"no studies in {database.masked_url}")
         return
     header = ("study", "sampler", "target", "done", "run", "fail", "best", "held-out")
-    click.echo("{:<28} {:<9} {:>6} {:>9} {:>4} {:>4} {:>10} {:>9}".format(*header))
+    click.echo("{:<28} {:<9} {:>15} {:>9} {:>4} {:>4} {:>10} {:>9}".format(*header))
     for name in names:
         s = summarize(database, name)
         best = f"{s.best_value:.4g}" if s.best_value is not None else "-"
         heldout = f"{s.best_heldout_perplexity:.3f}" if s.best_heldout_perplexity is not None else "-"
         click.echo(
-            f"{s.name:<28} {s.sampler:<9} {s.target_sparsity:>6.3f} {s.complete:>4}/{s.trials:<4} "
+            f"{s.name:<28} {s.sampler:<9} {s.target_label:>15} {s.complete:>4}/{s.trials:<4} "
             f"{s.running:>4} {s.failed:>4} {best:>10} {heldout:>9}"
         )
 

@@ -166,3 +166,18 @@ def test_a_run_frontier_study_exports_and_reports_every_target(sqlite_url, write
     assert lookup["frontier"]["targets"] == [0.3, 0.6] and abs(lookup["achieved_sparsity"] - 0.45) < 1e-9
     written = write_report(database, "ran", tmp_path / "report")
     assert tmp_path / "report" / "frontier.png" in written
+
+
+def test_status_and_list_show_the_best_of_each_target(frontier_study):
+    """Values of different targets never compare: status shows one best per target, list the target range."""
+    status = _run("study", "status", "front", "--storage", frontier_study["url"])
+    assert status.exit_code == 0, status.output
+    lines = {line.split(maxsplit=2)[1]: line for line in status.stdout.splitlines() if line.startswith("at ")}
+    assert set(lines) == {"0.400", "0.500", "0.600"}
+    for target in TARGETS:
+        # The best trial at each target is its offset-0.1 trial (value 0.5 + target), never another target's.
+        number = 3 * TARGETS.index(target) + 1
+        assert f"3 complete; best trial {number}: search kl {0.5 + target:.4g}" in lines[f"{target:.3f}"]
+    listed = _run("study", "list", "--storage", frontier_study["url"])
+    assert listed.exit_code == 0, listed.output
+    assert "0.40-0.60 (3)" in listed.stdout
