@@ -9,7 +9,7 @@ atomically with the TEAL-compatible files beside it (see :mod:`allocator._teal`)
 
 A lookup written for a frontier point also holds, per site, ``quantiles``: the site's thresholds at each
 sparsity of the top-level ``quantile_levels`` (from that point's calibration under the sparse model), which
-is what interpolating between frontier points needs (see :mod:`allocator._frontier`).
+is what interpolating between frontier points needs (see :mod:`allocator._frontier_lookup`).
 
 The loader refuses a lookup of another format version, another architecture or another model
 (fingerprint) with one sentence, and never unpickles anything: the lookup is JSON. :func:`load_lookup` also
@@ -299,7 +299,7 @@ def load_lookup(model: Any, path: str | Path, sparsity: float | None = None) -> 
     every hook: call ``.remove()`` (or use it as a context manager) to make the model dense again. Refuses a
     lookup of another format version, architecture or model fingerprint.
     """
-    from allocator._frontier import frontier_point  # it reads single lookups through this module
+    from allocator._frontier_lookup import frontier_point  # it reads single lookups through this module
 
     lookup = frontier_point(path, sparsity)
     check_lookup_model(lookup, model)

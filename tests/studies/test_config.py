@@ -96,3 +96,55 @@ def test_a_key_given_twice_is_refused(tmp_path):
 def test_stored_configs_are_read_back_without_the_sampler_registry():
     stored = parse_config({"name": "s", "sparsity": {"target": 0.4}}).canonical()
     assert parse_config(stored, stored=True).canonical() == stored
+
+
+@pytest.mark.parametrize(
+    ("target", "targets"),
+    [
+        (0.5, (0.5,)),
+        ([0.5], (0.5,)),
+        ([0.4, 0.5, 0.7], (0.4, 0.5, 0.7)),
+        ({"from": 0.3, "to": 0.7, "step": 0.1}, (0.3, 0.4, 0.5, 0.6, 0.7)),
+        ({"from": 0.45, "to": 0.55, "step": 0.05}, (0.45, 0.5, 0.55)),
+    ],
+)
+def test_targets_parse_to_a_sorted_tuple(target, targets):
+    config = parse_config({"name": "s", "sparsity": {"target": target}})
+    assert config.sparsity.targets == targets
+    assert config.sparsity.is_frontier == (len(targets) > 1)
+    # The stored form reads back to the same study (a range is stored as the list it names).
+    assert parse_config(config.canonical(), stored=True).digest() == config.digest()
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ([0.5, 0.4], "`sparsity.target`: targets must be listed in increasing order; 0.4 follows 0.5."),
+        ([0.4, 0.4], "`sparsity.target`: the target 0.4 is given twice."),
+        ([], "`sparsity.target`: the list of targets is empty; give at least one."),
+        ([0.4, 1.0], "`sparsity.target.1`: Input should be less than 1."),
+        ([0.4, True], "`sparsity.target.1`: Input should be a valid number"),
+        ([0.1 * i for i in range(1, 10)] * 4, "at most 32 are allowed"),
+        ({"from": 0.3, "to": 0.7}, "a target range needs `from`, `to` and `step`; `step` is missing."),
+        ({"from": 0.3, "to": 0.7, "step": 0.15}, "`step` 0.15 does not divide the range from 0.3 to 0.7"),
+        ({"from": 0.7, "to": 0.3, "step": 0.1}, "a target range needs `step` > 0 and `from` <= `to`"),
+        ({"from": 0.3, "to": 0.7, "step": 0.1, "by": 1}, "unknown key `by` in a target range"),
+        ({"from": 0.3, "to": 0.95, "step": 0.05}, "bounds [0.0, 0.9] cannot reach the target 0.95"),
+    ],
+)
+def test_bad_targets_are_one_sentence_naming_the_key(target, message):
+    with pytest.raises(InputError) as error:
+        parse_config({"name": "s", "sparsity": {"target": target}})
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_every_target_must_be_reachable_under_per_block_bounds(trained_tiny_dir):
+    """Per-block bounds are checked against the model's block count by `study create`, target by target."""
+    from allocator.errors import InfeasibleConstraintError
+    from studies import check_study
+
+    config = parse_config(
+        tiny_config(trained_tiny_dir, sparsity={"target": [0.2, 0.5], "lower": [0.6, 0.6, 0.0], "upper": 0.9})
+    )
+    with pytest.raises(InfeasibleConstraintError, match=r"sparsity 0.2 is not reachable .* the reachable range is \[0.4, "):
+        check_study(config)  # equal block weights: the lowest reachable sparsity is the lower bounds' mean, 0.4
