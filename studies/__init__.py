@@ -57,6 +57,7 @@ _LAZY: dict[str, str] = {
     "exported_thresholds": "studies._export",
     "measure": "studies._export",
     "Measured": "studies._export",
+    "frontier_series": "studies._report",
     "write_report": "studies._report",
     "DemoResult": "studies._demo",
     "demo_config": "studies._demo",

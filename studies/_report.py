@@ -140,8 +140,9 @@ def _sparsity_vs_objective(axis: Any, config: Any, study: optuna.Study, complete
     axis.set_title("every trial")
 
 
-def _frontier(plt: Any, config: Any, complete: list[Any], path: Path) -> Path:
-    """``frontier.png``: held-out perplexity and KL against measured sparsity (see the module docstring)."""
+def frontier_series(config: Any, complete: list[Any]) -> dict[str, list[tuple[float, float, float]]]:
+    """What ``frontier.png`` draws: per series (the best trial of each target, and the uniform allocation),
+    ``(measured sparsity, held-out perplexity, held-out KL)`` per target, for trials that record all three."""
     baseline = "greedy-uniform" if config.sparsity.split == "greedy" else "uniform"
     series: dict[str, list[tuple[float, float, float]]] = {"best trial per target": [], baseline: []}
     for target in config.sparsity.targets:
@@ -150,6 +151,12 @@ def _frontier(plt: Any, config: Any, complete: list[Any], path: Path) -> Path:
         for label, chosen in (("best trial per target", _best_of(trials)), (baseline, _best_of(uniform))):
             if chosen is not None:
                 series[label].append(_heldout(chosen))
+    return series
+
+
+def _frontier(plt: Any, config: Any, complete: list[Any], path: Path) -> Path:
+    """``frontier.png``: held-out perplexity and KL against measured sparsity (see the module docstring)."""
+    series = frontier_series(config, complete)
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for axis, column, name in ((axes[0], 1, "held-out perplexity"), (axes[1], 2, "held-out KL")):
         for (label, points), style in zip(series.items(), ("o-", "s--"), strict=True):

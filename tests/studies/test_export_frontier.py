@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -140,6 +141,14 @@ def test_report_draws_the_frontier(frontier_study):
     assert (out / "frontier.png").stat().st_size > 10_000
     for name in ("best_so_far.png", "best_allocation.png", "sparsity_vs_objective.png"):
         assert (out / name).is_file()
+    # What it draws: per target the best trial (offset 0.1, value 0.5 + t) and the uniform one (offset 0).
+    from studies import frontier_series, load_study_config
+
+    config = load_study_config(frontier_study["database"], "front")
+    complete = optuna.load_study(study_name="front", storage=frontier_study["url"]).get_trials()
+    series = frontier_series(config, complete)
+    np.testing.assert_allclose(series["best trial per target"], [(t, 10.5 + 20 * t, t + 0.05) for t in TARGETS])
+    np.testing.assert_allclose(series["uniform"], [(t, 10.9 + 20 * t, t + 0.09) for t in TARGETS])
 
 
 def test_the_index_is_plain_json_naming_each_point(frontier_study):
