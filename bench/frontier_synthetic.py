@@ -9,6 +9,8 @@ optimum of :class:`allocator.testing.SyntheticObjective` at that target) of:
 * ``single``: one single-target ``bo`` study per target, ``N`` evaluations each (``4N`` in all);
 * ``frontier-bo``: one frontier study over the four targets with the budget of two single-target studies
   (``2N`` evaluations), ``bo`` learning one GP across targets and choosing where to evaluate;
+* ``frontier-bo-turn``: the same, but the targets take turns (``target_choice: turn``) instead of the choice
+  by expected gain per cost;
 * ``frontier-in-turn``: the same ``2N`` evaluations as independent ``bo`` runs, one per target, targets in
   turn (what sharing one model across targets is measured against).
 
@@ -59,6 +61,8 @@ def _job(job: tuple[str, int, int]) -> dict[str, Any]:
         n = 2 * per_target
         if kind == "frontier-bo":
             pairs = run_frontier("bo", objectives=objectives, seed=seed, n_trials=n)
+        elif kind == "frontier-bo-turn":
+            pairs = run_frontier("bo", objectives=objectives, seed=seed, n_trials=n, target_choice="turn")
         else:
             pairs = _in_turn(objectives, seed, n, TargetsInTurn, create_sampler)
         for t in TARGETS:
@@ -99,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--per-target", type=int, default=20, help="N: evaluations of each single-target study")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--kinds", nargs="+", default=None, help="Run only these rows (default: all).")
     args = parser.parse_args(argv)
-    kinds = ("single", "frontier-bo", "frontier-in-turn")
+    kinds = ("single", "frontier-bo", "frontier-bo-turn", "frontier-in-turn")
+    kinds = tuple(args.kinds or kinds)
     jobs = [(kind, seed, args.per_target) for seed in range(args.seeds) for kind in kinds]
     runs = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -138,7 +144,7 @@ def _markdown(p: dict[str, Any]) -> str:
         "",
         f"`SyntheticObjective(target=t)` (d = 30) at targets {', '.join(f'{t:g}' for t in p['targets'])}; "
         f"relative regret `f(best at t) / f*(t) − 1`, median over {p['seeds']} sampler seeds. Budget: `single` is "
-        f"one `bo` study per target with {n} evaluations each ({4 * n} in all); both frontier rows spend "
+        f"one `bo` study per target with {n} evaluations each ({4 * n} in all); every frontier row spends "
         f"{2 * n} evaluations (two single-target studies' budget). Machine: {p['machine']['platform']}, "
         f"{p['machine']['cpus']} CPUs (shared). Rerun: `python bench/frontier_synthetic.py --per-target {n}`.",
         "",

@@ -149,6 +149,9 @@ class BoOptions(SamplerOptions):
             promoted to fresh sequences (:func:`screen_noise`), and uses 1e-6 until three such trials exist.
         round_iters: L-BFGS-B iterations per round of the null-space optimiser.
         max_rounds: Re-anchored rounds of the null-space optimiser (see ``_acqf.optimize_nullspace``).
+        target_choice: Frontier studies only: ``"gain"`` (default) spends each evaluation on the target of the
+            highest expected improvement per cost; ``"turn"`` lets the targets take turns, the GP across
+            targets still proposing the vector (see ``_bo_frontier``).
         optimizer: ``"nullspace"`` (default) or ``"slsqp"`` (BoTorch's ``optimize_acqf`` with the equality
             constraint; slower, kept for comparison).
     """
@@ -165,6 +168,7 @@ class BoOptions(SamplerOptions):
     round_iters: int = Field(default=25, ge=1)
     max_rounds: int = Field(default=2, ge=1)
     optimizer: Literal["nullspace", "slsqp"] = "nullspace"
+    target_choice: Literal["gain", "turn"] = "gain"
 
 
 @register_sampler("bo", summary="constrained Bayesian optimisation (BoTorch): GP, qLogNEI in the null space")
