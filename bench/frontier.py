@@ -99,8 +99,19 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=BASE_BUDGET, help="B: forward tokens of one single-target study.")
     parser.add_argument("--db", type=Path, default=None, help="SQLite file to use (kept; resumable).")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--skip-single", action="store_true", help="Only the frontier studies and the baselines.")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=("frontier", "baselines", "single"),
+        default=["frontier", "baselines", "single"],
+        help="What this invocation runs (several invocations may share one --db; join them with --merge).",
+    )
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON", help="Join these frontier.json files.")
     args = parser.parse_args()
+    if args.merge:
+        write_outputs(merge_results(args.merge), args.out)
+        print((args.out / "frontier.md").read_text())
+        return
     # The protocol of bench/allocators.py, unchanged.
     args.seq_len, args.calibration_sequences, args.search_sequences, args.eval_sequences = 256, 64, 256, 16
     args.greedy_sequences, args.screen, args.promote = 4, 4, [8]
@@ -129,13 +140,14 @@ def main() -> None:
             save()
 
     for seed in args.seeds:
-        run = frontier_run(database, args, seed, dense)
-        results["frontier"][str(seed)] = run
-        print(f"{run['name']:<22} tokens {run['tokens']:,}", flush=True)
-        save()
-        if not results["baselines"]:
+        if "frontier" in args.parts:
+            run = frontier_run(database, args, seed, dense)
+            results["frontier"][str(seed)] = run
+            print(f"{run['name']:<22} tokens {run['tokens']:,}", flush=True)
+            save()
+        if "baselines" in args.parts and not results["baselines"]:
             baselines()
-        if args.skip_single:
+        if "single" not in args.parts:
             continue
         for target in TARGETS:
             run = run_one(database, study_config("bo-greedy", target, seed, args.budget, args), dense, False)
@@ -148,6 +160,19 @@ def main() -> None:
     print((args.out / "frontier.md").read_text())
 
 
+def merge_results(paths: list[Path]) -> dict[str, Any]:
+    """One result from invocations that ran different parts on one database (same budget and dense figures)."""
+    parts = [json.loads(path.read_text()) for path in paths]
+    merged = {**parts[0], "baselines": {}, "single": {}, "frontier": {}, "merged_from": [str(p) for p in paths]}
+    for path, part in zip(paths, parts, strict=True):
+        if part["budget"] != merged["budget"] or part["dense"] != merged["dense"]:
+            raise SystemExit(f"{path}: another budget or other dense figures; not the same benchmark.")
+        for key in ("baselines", "single", "frontier"):
+            merged[key].update(part[key])
+    merged["seconds"] = max(part.get("seconds", 0) for part in parts)  # the invocations ran side by side
+    return merged
+
+
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
@@ -158,7 +183,7 @@ def _pct(value: float | None) -> str:
 
 def table(results: dict[str, Any], role: str) -> list[str]:
     """Held-out degradation on ``role`` per target: baselines, single-target bo and the frontier, per seed."""
-    seeds = sorted(results["frontier"], key=int)
+    seeds = sorted({*results["frontier"], *(key.split("/")[1] for key in results["single"])}, key=int)
     lines = [
         "| target | uniform | greedy-uniform | single bo (per seed) | frontier (per seed) | median single | "
         "median frontier | frontier ≤ single | frontier < greedy |",
@@ -173,7 +198,7 @@ def table(results: dict[str, Any], role: str) -> list[str]:
             results["single"][f"{key}/{s}"][role]["degradation"] for s in seeds if f"{key}/{s}" in results["single"]
         ]
         part = "points" if target in TARGETS else "between"
-        front = [results["frontier"][s][part][key][role]["degradation"] for s in seeds]
+        front = [results["frontier"][s][part][key][role]["degradation"] for s in seeds if s in results["frontier"]]
         ms, mf = _median(single), _median(front)
         lines.append(
             f"| {key} | {_pct(uniform)} | {_pct(greedy)} | {', '.join(_pct(v) for v in single) or '—'} | "
