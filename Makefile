@@ -28,13 +28,15 @@ test: lint
 demo: $(INSTALLED)
 	$(BIN)/sparsealloc demo
 
-# Every sampler at 50% and 60%, 3 seeds, with the token-budget ranking check: hours on 2 CPU cores.
+# Every sampler at 50% and 60%, 3 seeds, then the frontier benchmarks: hours on 2 CPU cores.
 bench: $(INSTALLED)
 	$(BIN)/python bench/allocators.py --db bench/runs/allocators.db --out bench/results/allocators-parts/base
 	$(BIN)/python bench/allocators.py --targets 0.6 --samplers bo-greedy was evopress --budgets 204800 \
 		--db bench/runs/allocators.db --out bench/results/allocators-parts/4x
 	$(BIN)/python bench/allocators.py --merge bench/results/allocators-parts/base/allocators.json \
 		bench/results/allocators-parts/4x/allocators.json --out bench/results
+	$(BIN)/python bench/frontier_synthetic.py
+	$(BIN)/python bench/frontier.py --seeds 0 1 2 --db bench/runs/frontier.db --out bench/results
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
