@@ -164,6 +164,7 @@ def merge_results(paths: list[Path]) -> dict[str, Any]:
     """One result from invocations that ran different parts on one database (same budget and dense figures)."""
     parts = [json.loads(path.read_text()) for path in paths]
     merged = {**parts[0], "baselines": {}, "single": {}, "frontier": {}, "merged_from": [str(p) for p in paths]}
+    merged["command"] = " ; ".join(part["command"] for part in parts)
     for path, part in zip(paths, parts, strict=True):
         if part["budget"] != merged["budget"] or part["dense"] != merged["dense"]:
             raise SystemExit(f"{path}: another budget or other dense figures; not the same benchmark.")
@@ -216,7 +217,7 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
     lines = [
         "# One study, the whole frontier (SmolLM2-135M)",
         "",
-        f"Command: `{results['command']}`. Budget: a single-target study {results['budget']:,} forward tokens; "
+        f"Commands: `{results['command']}`. Budget: a single-target study {results['budget']:,} forward tokens; "
         f"a frontier study over {', '.join(f'{t:g}' for t in TARGETS)} twice that. Held-out perplexity "
         f"degradation against the dense model (held-out {dense['heldout']['perplexity']:.3f}, out-of-domain "
         f"{dense['ood']['perplexity']:.3f}), every allocation at exactly its target sparsity. Between frontier "
