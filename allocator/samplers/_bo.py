@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
@@ -334,7 +334,7 @@ class BoSampler(BlockSampler):
         """The observation variance of ``log(value)``: the option, or the estimate from promoted trials."""
         if self.noise_variance != "auto":
             return float(self.noise_variance)
-        estimate = screen_noise(history.trials)
+        estimate = screen_noise(history)
         return _MIN_NOISE if estimate is None else max(_MIN_NOISE, estimate)
 
     # ------------------------------------------------------------------ acquisition optimisation
@@ -460,16 +460,16 @@ def fit_gp(
     return model
 
 
-def screen_noise(trials: Iterable[FrozenTrial]) -> float | None:
+def screen_noise(history: History) -> float | None:
     """The variance of the screen's ``log(value)`` as an estimate of the value on unseen sequences, or None.
 
-    For every one of the finished ``trials`` promoted to rung 1, ``d = log(rung-1 value) − log(screen value)``,
-    each over its own sequences. Its spread over trials (about its mean: rung 1 may be easier or harder text
-    for everyone) is the screen's error plus rung 1's, whose variances scale with ``1/n``:
+    For every trial promoted to rung 1, ``d = log(rung-1 value) − log(screen value)``, each over its own
+    sequences. Its spread over trials (about its mean: rung 1 may be easier or harder text for everyone) is
+    the screen's error plus rung 1's, whose variances scale with ``1/n``:
     ``var(d) = σ²_screen · (1 + n_screen / n_rung1)``. Needs three promoted trials.
     """
     pairs = []
-    for trial in trials:
+    for trial in history.trials:
         own, sizes = attrs.rung_own_values(trial), attrs.rung_sizes(trial)
         if len(own) >= 2 and len(sizes) >= 2 and own[0] > 0 and own[1] > 0:
             pairs.append((math.log(own[1]) - math.log(own[0]), sizes[0] / sizes[1]))

@@ -54,7 +54,7 @@ from allocator.samplers._bo import (
     screen_noise,
     single_threaded,
 )
-from allocator.samplers._frontier import TargetView, next_in_turn, target_of
+from allocator.samplers._frontier import TargetView, target_of
 
 if TYPE_CHECKING:
     from botorch.acquisition import AcquisitionFunction
@@ -157,7 +157,7 @@ class FrontierBoSampler(BoSampler):
 
     def _fewest(self, study: Study, trial: FrozenTrial, among: list[float]) -> float:
         """The target among ``among`` with the fewest trials (the lowest of those tied)."""
-        return next_in_turn(study, among, exclude=trial.number)
+        return min(among, key=lambda t: (_count(study, t, self._targets, trial.number), t))
 
     def searches(self, n_complete: int) -> dict[float, SearchSpace]:
         """Each target's search space: its depth knots during the profile phase, else its block vector."""
@@ -246,8 +246,17 @@ class FrontierBoSampler(BoSampler):
     def _noise(self, histories: dict[float, History]) -> float:
         if self.noise_variance != "auto":
             return float(self.noise_variance)
-        estimate = screen_noise(t for h in histories.values() for t in h.trials)
+        trials = tuple(t for h in histories.values() for t in h.trials)
+        empty = np.zeros((0, self.space.dim))
+        pooled = History(X=empty, y=np.zeros(0), numbers=np.zeros(0), pending=empty, trials=trials, pending_trials=())
+        estimate = screen_noise(pooled)  # it reads only the promoted trials' own rung values
         return _MIN_NOISE if estimate is None else max(_MIN_NOISE, estimate)
+
+
+def _count(study: Study, target: float, targets: tuple[float, ...], exclude: int) -> int:
+    view = TargetView(study, target, targets)
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    return sum(1 for t in view.get_trials(deepcopy=False, states=states) if t.number != exclude)
 
 
 def _uniform_log_value(space: ConstraintSpace, history: History) -> float:
