@@ -71,7 +71,8 @@ def main() -> None:
     lines = [
         "# Fault soak",
         "",
-        f"`python bench/soak.py`: a tiny Llama study (`{args.sampler}` sampler, cheap objective); every 1-6 s a kill: "
+        f"`python bench/soak.py`: a tiny Llama study (`{args.sampler}` sampler, cheap objective); kills spread over "
+        "the first half of its trials, each 1-6 s after its turn comes (sooner if the study moves on): "
         "alternately a random worker SIGKILLed at a random moment and replaced, and a process that creates its "
         "trial (`study.ask()`) and is SIGKILLed before its first heartbeat (a kill inside the window between "
         "trial creation and first heartbeat); then the workers finish the study.",

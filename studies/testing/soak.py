@@ -8,12 +8,16 @@ A study on a tiny model with a cheap objective runs with ``workers`` processes w
   and is SIGKILLed before its first heartbeat, which is exactly the state a worker killed between creating
   its trial and its first heartbeat leaves (Optuna alone would keep such a trial RUNNING forever).
 
-Then the workers finish the study. The checks: exactly the requested number of finished trials, no worker
-still running at the deadline (no hang), no finished trial lost (every trial ever seen COMPLETE stays
-COMPLETE with the same value), no proposal evaluated twice (the COMPLETE trials' vectors are distinct),
-every finished trial on the constraint, and the stored calibration intact (one ready calibration that
-loads). Every process the soak starts is killed when it ends, however it ends. Used by ``bench/soak.py``
-and by a short test.
+The kills are spread over the first half of the study: kill ``i`` lands, after a random delay, while the
+study has between ``m_i`` and ``m_(i+1)`` finished trials (:func:`kill_milestones`). They are synchronised
+on the study's progress, not on the clock, so every kill is made before the study can finish however fast
+or slow the machine is. Then the workers finish the study.
+
+The checks: exactly the requested number of finished trials, no worker still running at the deadline (no
+hang), no finished trial lost (every trial ever seen COMPLETE stays COMPLETE with the same value), no proposal
+evaluated twice (the COMPLETE trials' vectors are distinct), every finished trial on the constraint, and the
+stored calibration intact (one ready calibration that loads). Every process the soak starts is killed when it
+ends, however it ends. Used by ``bench/soak.py`` and by a short test.
 """
 
 from __future__ import annotations
@@ -42,15 +46,20 @@ from storage import CalibrationRecord, Database
 
 SPARSEALLOC = str(Path(sys.executable).with_name("sparsealloc"))
 
-# A process that does what a worker does up to its trial's creation, then dies before any heartbeat.
+# A process that does what a worker does up to its trial's creation, then dies before any heartbeat. It
+# opens the study first, says so, and creates its trial when the driver writes a line to its stdin, so the
+# kill lands at the moment the driver chose, not after the seconds an interpreter takes to import optuna.
 _ASK_AND_DIE = """
 import os, signal, sys
 import optuna
 from storage import Database
 study = optuna.load_study(study_name=sys.argv[2], storage=Database(sys.argv[1], create=False).optuna_storage)
+print("ready", flush=True)
+sys.stdin.readline()
 study.ask()
 os.kill(os.getpid(), signal.SIGKILL)
 """
+_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -118,14 +127,36 @@ class _Driver:
     pool: list[subprocess.Popen] = field(default_factory=list)
     others: list[subprocess.Popen] = field(default_factory=list)
     seen_complete: dict[int, float] = field(default_factory=dict)
+    _progress: optuna.Study | None = None
 
     def spawn_worker(self) -> subprocess.Popen:
         return self._spawn([SPARSEALLOC, "worker", self.name, "--storage", self.url])
 
-    def _spawn(self, command: list[str]) -> subprocess.Popen:
+    def _spawn(self, command: list[str], *, piped: bool = False) -> subprocess.Popen:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         with self.log_file.open("a") as handle:
-            return subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+            return subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.PIPE if piped else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if piped else handle,
+                stderr=handle if piped else subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def finished(self) -> int:
+        """How many trials are COMPLETE now (one storage connection, reused by every poll)."""
+        if self._progress is None:
+            self._progress = optuna.load_study(study_name=self.name, storage=self.url)
+        return len(self._progress.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+    def wait_for_finished(self, count: int, until: float) -> bool:
+        """Poll until ``count`` trials are COMPLETE (True) or the clock reaches ``until`` (False)."""
+        while self.finished() < count:
+            if time.monotonic() >= until:
+                return False
+            time.sleep(_POLL_S)
+        return True
 
     def observe(self) -> list[optuna.trial.FrozenTrial]:
         trials = optuna.load_study(study_name=self.name, storage=self.url).get_trials()
@@ -143,9 +174,21 @@ class _Driver:
         self.pool[self.pool.index(victim)] = self.spawn_worker()
         return True
 
-    def kill_inside_the_window(self) -> None:
-        doomed = self._spawn([sys.executable, "-c", _ASK_AND_DIE, self.url, self.name])
+    def arm_window_kill(self) -> subprocess.Popen:
+        """Start the process of the next window kill and wait until it has opened the study; it then waits
+        for :meth:`kill_inside_the_window`."""
+        doomed = self._spawn([sys.executable, "-c", _ASK_AND_DIE, self.url, self.name], piped=True)
         self.others.append(doomed)
+        assert doomed.stdout is not None
+        if doomed.stdout.readline().strip() != b"ready":
+            raise RuntimeError(f"the window-kill process could not open the study; see {self.log_file}")
+        return doomed
+
+    @staticmethod
+    def kill_inside_the_window(doomed: subprocess.Popen) -> None:
+        assert doomed.stdin is not None
+        doomed.stdin.write(b"go\n")
+        doomed.stdin.close()
         doomed.wait(timeout=120)
 
     def wait_for_workers(self, deadline: float) -> int:
@@ -170,6 +213,13 @@ def _kill(process: subprocess.Popen) -> None:
         process.wait()
 
 
+def kill_milestones(trials: int, kills: int) -> list[int]:
+    """Finished-trial counts ``m_0 … m_kills``: kill ``i`` lands while the study has between ``m_i`` and
+    ``m_(i+1)`` finished trials. All lie in the study's first half, so the last kill comes while half the
+    trials are still to run."""
+    return [i * trials // (2 * kills) for i in range(kills + 1)]
+
+
 def run_soak(
     *,
     url: str,
@@ -185,7 +235,11 @@ def run_soak(
     timeout_s: float = 1800.0,
     log: Any = print,
 ) -> SoakResult:
-    """Run one soak on ``url`` and check it; ``log`` receives progress lines."""
+    """Run one soak on ``url`` and check it; ``log`` receives progress lines.
+
+    ``gap_s`` bounds the random delay of each kill after its milestone; the delay is cut short when the
+    study reaches the next milestone.
+    """
     rng = random.Random(seed)
     name = f"soak-{backend}"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -199,19 +253,26 @@ def run_soak(
     started = time.monotonic()
     driver = _Driver(url=url, name=name, log_file=workdir / f"{name}-workers.log")
     counts = {"kills": 0, "window": 0}
+    deadline = started + timeout_s
+    milestones = kill_milestones(trials, kills)
     try:
+        # Every other kill lands inside the ask-to-heartbeat window; those processes start before the
+        # workers, so that their start-up costs the study no progress.
+        doomed = {i: driver.arm_window_kill() for i in range(1, kills, 2)}
         driver.pool = [driver.spawn_worker() for _ in range(workers)]
-        while counts["kills"] < kills and time.monotonic() - started < timeout_s:
-            time.sleep(rng.uniform(*gap_s))
-            driver.observe()
-            if counts["kills"] % 2 == 1:  # every other kill lands inside the ask-to-heartbeat window
-                driver.kill_inside_the_window()
+        for i in range(kills):
+            if not driver.wait_for_finished(milestones[i], deadline):
+                break
+            driver.wait_for_finished(milestones[i + 1], min(deadline, time.monotonic() + rng.uniform(*gap_s)))
+            if i in doomed:
+                driver.kill_inside_the_window(doomed[i])
                 counts["window"] += 1
             elif not driver.kill_a_worker(rng):
                 break
             counts["kills"] += 1
+            driver.observe()
             log(f"{backend}: kill {counts['kills']}/{kills}, {len(driver.seen_complete)} trials seen complete")
-        hangs = driver.wait_for_workers(started + timeout_s)
+        hangs = driver.wait_for_workers(deadline)
     finally:
         driver.kill_all()
     result = _check(driver, backend=backend, workers=workers, counts=counts, hangs=hangs, trials=trials)

@@ -23,7 +23,7 @@ def test_short_soak_loses_and_repeats_nothing(request, tmp_path, backend, worker
         workers=workers,
         kills=3,
         trials=10,
-        gap_s=(2.0, 5.0),
+        gap_s=(0.5, 3.0),
         timeout_s=600,
         log=lambda line: None,
     )
