@@ -12,7 +12,7 @@ This module imports neither torch nor botorch, so ``status``, ``list`` and ``exp
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -161,6 +161,36 @@ def trial_target(trial: FrozenTrial) -> float | None:
     """The target the trial's vector meets (None for trials of single-target studies made before targets
     were recorded, and for a frontier trial its sampler has not yet given one)."""
     return _float(trial, TARGET)
+
+
+#: Targets closer than this are one target (targets come from a validated configuration, never arithmetic).
+_SAME_TARGET = 1e-9
+
+
+def same_target(a: float | None, b: float) -> bool:
+    return a is not None and abs(a - b) <= _SAME_TARGET
+
+
+def target_of(trial: FrozenTrial, targets: Sequence[float]) -> float | None:
+    """The study target ``trial`` meets (a single-target study's trials made before targets were recorded
+    meet its only target), or None if its sampler has not given it one yet."""
+    recorded = trial_target(trial)
+    if recorded is None:
+        return targets[0] if len(targets) == 1 else None
+    return next((t for t in targets if same_target(recorded, t)), None)
+
+
+def trials_at(
+    trials: Iterable[FrozenTrial], target: float, targets: Sequence[float] | None = None
+) -> list[FrozenTrial]:
+    """The ``trials`` that meet ``target``: values of different targets never compare.
+
+    With the study's ``targets``, a trial that records no target meets the only target of a single-target
+    study (:func:`target_of`); without them, only a recorded target counts.
+    """
+    if targets is None:
+        return [t for t in trials if same_target(trial_target(t), target)]
+    return [t for t in trials if same_target(target_of(t, targets), target)]
 
 
 def measured_sparsity(trial: FrozenTrial) -> float | None:

@@ -146,7 +146,7 @@ def export_candidates(study: optuna.Study, count: int, target: float | None = No
     """
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
     if target is not None:
-        complete = [t for t in complete if _is_at(t, target)]
+        complete = attrs.trials_at(complete, target)
     if not complete:
         return []
 
@@ -156,11 +156,6 @@ def export_candidates(study: optuna.Study, count: int, target: float | None = No
     top = max(len(rungs(t)) for t in complete)
     reached = [t for t in complete if len(rungs(t)) == top]
     return sorted(reached, key=lambda t: (rungs(t)[-1], t.number))[:count]
-
-
-def _is_at(trial: optuna.trial.FrozenTrial, target: float) -> bool:
-    recorded = attrs.trial_target(trial)
-    return recorded is not None and abs(recorded - target) <= 1e-9
 
 
 def evaluate_candidate(session: StudySession, trial: optuna.trial.FrozenTrial) -> Candidate:

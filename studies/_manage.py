@@ -74,16 +74,14 @@ def best_trial(study: optuna.Study, target: float | None = None) -> optuna.trial
 
     Values of different targets never compare: a frontier study has a best trial per target.
     """
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    complete = [t for t in complete if math.isfinite(t.value)]
-    if target is not None:
-        complete = [t for t in complete if _of_target(t, target)]
-    return min(complete, key=lambda t: t.value) if complete else None
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return _lowest(complete if target is None else attrs.trials_at(complete, target))
 
 
-def _of_target(trial: optuna.trial.FrozenTrial, target: float) -> bool:
-    recorded = attrs.trial_target(trial)
-    return recorded is not None and abs(recorded - target) <= 1e-9
+def _lowest(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
+    """The trial with the lowest finite value, or None."""
+    finite = [t for t in trials if t.value is not None and math.isfinite(t.value)]
+    return min(finite, key=lambda t: t.value) if finite else None
 
 
 def load_study_config(database: Database, name: str) -> StudyConfig:
@@ -173,11 +171,11 @@ def summarize(database: Database, name: str) -> StudySummary:
 
 
 def _target_best(study: optuna.Study, target: float) -> TargetBest:
-    best = best_trial(study, target)
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    complete = attrs.trials_at(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), target)
+    best = _lowest(complete)
     return TargetBest(
         target=target,
-        complete=sum(1 for t in complete if _of_target(t, target)),
+        complete=len(complete),
         trial=None if best is None else best.number,
         value=None if best is None else best.value,
         heldout_perplexity=None if best is None else attrs.heldout_perplexity(best),

@@ -91,13 +91,6 @@ def _targets_label(config: Any) -> str:
     return f"{len(targets)} targets {targets[0]:.0%}-{targets[-1]:.0%}"
 
 
-def _trials_at(config: Any, complete: list[Any], target: float) -> list[Any]:
-    """The trials of ``target`` (a single-target study's trials may not record theirs: all of them)."""
-    if not config.sparsity.is_frontier:
-        return complete
-    return [t for t in complete if (found := attrs.trial_target(t)) is not None and abs(found - target) <= 1e-9]
-
-
 def _best_of(trials: list[Any]) -> Any:
     """The trial that reached the most rungs, lowest value at its last rung first; None if there is none."""
 
@@ -110,7 +103,7 @@ def _best_of(trials: list[Any]) -> Any:
 def _best_allocation(axis: Any, config: Any, study: optuna.Study, complete: list[Any]) -> None:
     if config.sparsity.is_frontier:
         for target in config.sparsity.targets:
-            best = _best_of(_trials_at(config, complete, target))
+            best = _best_of(attrs.trials_at(complete, target, config.sparsity.targets))
             vector = attrs.evaluated_vector(best) if best is not None else None
             if vector is not None:
                 line = axis.plot(np.arange(len(vector)), vector, "o-", label=f"{target:.0%}: trial {best.number}")
@@ -146,7 +139,7 @@ def frontier_series(config: Any, complete: list[Any]) -> dict[str, list[tuple[fl
     baseline = "greedy-uniform" if config.sparsity.split == "greedy" else "uniform"
     series: dict[str, list[tuple[float, float, float]]] = {"best trial per target": [], baseline: []}
     for target in config.sparsity.targets:
-        trials = [t for t in _trials_at(config, complete, target) if _heldout(t) is not None]
+        trials = [t for t in attrs.trials_at(complete, target, config.sparsity.targets) if _heldout(t) is not None]
         uniform = [t for t in trials if _is_uniform(attrs.evaluated_vector(t))]
         for label, chosen in (("best trial per target", _best_of(trials)), (baseline, _best_of(uniform))):
             if chosen is not None:

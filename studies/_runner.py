@@ -48,7 +48,6 @@ from allocator.samplers import (
     create_sampler,
     sampler_entry,
     suggest_allocation,
-    target_of,
 )
 from storage import CONNECTION_ERRORS, database_error, heartbeat_orphans, is_connection_error, redact
 from studies._session import StudySession
@@ -205,7 +204,7 @@ class TrialObjective:
         """The COMPLETE trials of ``target`` (values of different targets never compare)."""
         targets = self.session.config.sparsity.targets
         complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        return [t for t in complete if (found := target_of(t, targets)) is not None and abs(found - target) <= 1e-9]
+        return attrs.trials_at(complete, target, targets)
 
     def _select(self, trial: optuna.Trial, plan: dict[str, Any]) -> float:
         """Run a sampler's staged selection (EvoPress's): every stage draws fresh pool sequences, evaluates the

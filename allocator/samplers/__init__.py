@@ -48,7 +48,6 @@ from allocator.samplers._frontier import (  # isort: skip
     TargetView,
     create_frontier_sampler,
     next_in_turn,
-    target_of,
 )
 from allocator.samplers._bo_frontier import FrontierBoSampler  # isort: skip
 from allocator.samplers._acqf import (  # isort: skip
@@ -104,6 +103,5 @@ __all__ = [
     "select_starts",
     "single_threaded",
     "suggest_allocation",
-    "target_of",
     "tpe_sampler",
 ]

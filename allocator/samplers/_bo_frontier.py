@@ -54,7 +54,7 @@ from allocator.samplers._bo import (
     screen_noise,
     single_threaded,
 )
-from allocator.samplers._frontier import TargetView, target_of
+from allocator.samplers._frontier import TargetView
 
 if TYPE_CHECKING:
     from botorch.acquisition import AcquisitionFunction
@@ -118,7 +118,7 @@ class FrontierBoSampler(BoSampler):
         self, study: Study, trial: FrozenTrial, histories: dict[float, History]
     ) -> tuple[float, np.ndarray]:
         """The target and block vector of the next trial (a target the trial already has is kept)."""
-        fixed = target_of(trial, self._targets)
+        fixed = attrs.target_of(trial, self._targets)
         candidates = (fixed,) if fixed is not None else self._targets
         rng = self.rng(trial)
         with torch.device("cpu"), torch.random.fork_rng(), single_threaded(), warnings.catch_warnings():

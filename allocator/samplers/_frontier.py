@@ -31,22 +31,7 @@ if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
     from optuna.study import Study
 
-#: Targets closer than this are one target (targets come from a validated configuration, never arithmetic).
-_SAME_TARGET = 1e-9
 _COUNTED = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
-
-
-def same_target(a: float | None, b: float) -> bool:
-    return a is not None and abs(a - b) <= _SAME_TARGET
-
-
-def target_of(trial: FrozenTrial, targets: Sequence[float]) -> float | None:
-    """The study target ``trial`` meets (a single-target study's trials made before targets were recorded
-    meet its only target), or None if its sampler has not given it one yet."""
-    recorded = attrs.trial_target(trial)
-    if recorded is None:
-        return targets[0] if len(targets) == 1 else None
-    return next((t for t in targets if same_target(recorded, t)), None)
 
 
 class TargetView:
@@ -63,7 +48,7 @@ class TargetView:
         return getattr(self._study, name)
 
     def _keep(self, trial: FrozenTrial) -> bool:
-        return trial.number == self._current or same_target(target_of(trial, self._targets), self._target)
+        return trial.number == self._current or attrs.same_target(attrs.target_of(trial, self._targets), self._target)
 
     def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
         return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states) if self._keep(t)]
@@ -81,7 +66,7 @@ def target_counts(study: Study, targets: Sequence[float], *, exclude: int | None
     """How many COMPLETE, RUNNING or WAITING trials (other than ``exclude``) each target has."""
     counts = dict.fromkeys(targets, 0)
     for trial in study.get_trials(deepcopy=False, states=_COUNTED):
-        target = target_of(trial, targets)
+        target = attrs.target_of(trial, targets)
         if target is not None and trial.number != exclude:
             counts[target] += 1
     return counts
@@ -94,7 +79,7 @@ def next_in_turn(study: Study, targets: Sequence[float], *, exclude: int | None 
 
 
 def find_target(targets: Sequence[float], target: float) -> float:
-    found = next((t for t in targets if same_target(target, t)), None)
+    found = next((t for t in targets if attrs.same_target(target, t)), None)
     if found is None:
         raise InputError(f"The study has no target {target}; its targets are {', '.join(f'{t:g}' for t in targets)}.")
     return found
@@ -126,13 +111,13 @@ class TargetsInTurn(BaseSampler):
                 sampler.serialize_with(lock)
 
     def _view(self, study: Study, trial: FrozenTrial) -> tuple[BaseSampler, TargetView]:
-        target = target_of(trial, self._targets)
+        target = attrs.target_of(trial, self._targets)
         if target is None:
             raise InputError(f"Trial {trial.number} of a frontier study has no target.")
         return self._inner[target], TargetView(study, target, self._targets, trial.number)
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        if target_of(trial, self._targets) is None:
+        if attrs.target_of(trial, self._targets) is None:
             attrs.assign_target(study, trial, next_in_turn(study, self._targets, exclude=trial.number))
         sampler, view = self._view(study, trial)
         sampler.before_trial(view, trial)  # type: ignore[arg-type]
@@ -156,7 +141,7 @@ class TargetsInTurn(BaseSampler):
         return sampler.sample_independent(view, trial, param_name, param_distribution)  # type: ignore[arg-type]
 
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
-        if target_of(trial, self._targets) is None:
+        if attrs.target_of(trial, self._targets) is None:
             return  # it failed before it had a target: no target's sampler saw it
         sampler, view = self._view(study, trial)
         sampler.after_trial(view, trial, state, values)  # type: ignore[arg-type]
