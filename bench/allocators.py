@@ -240,8 +240,9 @@ def main() -> None:
 
 
 def environment() -> dict[str, Any]:
-    """What the figures depend on beyond the code: the same allocation measured under two installs of the
-    stack read differently (uniform at 60%, held-out: +195.3% and +205.2%), so only figures of one run compare."""
+    """What the figures may depend on beyond the code. The same allocation, on the same tokens with the same
+    dense figures, read differently in two runs on different machines, databases and installs (uniform at 60%,
+    held-out: +195.3% and +205.2%; cause not found), so only figures of one run compare."""
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
