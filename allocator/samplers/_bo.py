@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
@@ -246,8 +246,9 @@ class BoSampler(BlockSampler):
         self, study: Study, trial: FrozenTrial, history: History, search: SearchSpace, rng: np.random.Generator
     ) -> AcqResult:
         """Fit the GP, build the acquisition and optimise it over the constraint."""
-        model = self.fit(history, search, warm_start=_latest_hyperparameters(history, search))
-        attrs.set_system_attr(study, trial, attrs.BO_GP, gp_hyperparameters(model, search))
+        warm = latest_hyperparameters((*history.trials, *history.pending_trials), _phase(search), search.space.dim)
+        model = self.fit(history, search, warm_start=warm)
+        attrs.set_system_attr(study, trial, attrs.BO_GP, gp_hyperparameters(model, _phase(search)))
         acqf = self.acquisition(model, history, search, seed=int(rng.integers(2**31)))
         # The trust region is a tool for the full block vector; a few knots are searched whole.
         full = search.to_blocks is None
@@ -313,28 +314,20 @@ class BoSampler(BlockSampler):
         self, model: SingleTaskGP, history: History, search: SearchSpace | None = None, *, seed: int = 0
     ) -> AcquisitionFunction:
         """qLogNEI on the evaluated points, with the pending points of running trials as ``X_pending``."""
-        from botorch.acquisition.logei import qLogNoisyExpectedImprovement
-        from botorch.sampling import SobolQMCNormalSampler
-
         search = search or SearchSpace(space=self.space, to_blocks=None)
-        X = torch.as_tensor(search.features(history.X), dtype=torch.float64)
-        pending = None
-        if history.pending.shape[0]:
-            pending = torch.as_tensor(search.features(history.pending), dtype=torch.float64)
-        return qLogNoisyExpectedImprovement(
-            model=model,
-            X_baseline=X,
-            X_pending=pending,
-            sampler=SobolQMCNormalSampler(sample_shape=torch.Size([self.mc_samples]), seed=seed),
-            prune_baseline=True,
-            cache_root=True,
-        )
+        pending = search.features(history.pending) if history.pending.shape[0] else None
+        return log_nei(model, search.features(history.X), pending, mc_samples=self.mc_samples, seed=seed)
 
     def observation_noise(self, history: History) -> float:
         """The observation variance of ``log(value)``: the option, or the estimate from promoted trials."""
+        return self.noise_of(history.trials)
+
+    def noise_of(self, trials: Iterable[FrozenTrial]) -> float:
+        """The observation variance of ``log(value)`` for a GP on ``trials``: the option, or the estimate from
+        those of them promoted to fresh sequences (:func:`screen_noise`)."""
         if self.noise_variance != "auto":
             return float(self.noise_variance)
-        estimate = screen_noise(history)
+        estimate = screen_noise(trials)
         return _MIN_NOISE if estimate is None else max(_MIN_NOISE, estimate)
 
     # ------------------------------------------------------------------ acquisition optimisation
@@ -460,16 +453,34 @@ def fit_gp(
     return model
 
 
-def screen_noise(history: History) -> float | None:
+def log_nei(
+    model: Any, baseline: np.ndarray, pending: np.ndarray | None, *, mc_samples: int, seed: int
+) -> AcquisitionFunction:
+    """qLogNEI of ``model`` against the evaluated inputs ``baseline``, with the running trials' inputs as
+    ``X_pending`` (joined to the incumbents by BoTorch's incremental mode)."""
+    from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+    from botorch.sampling import SobolQMCNormalSampler
+
+    return qLogNoisyExpectedImprovement(
+        model=model,
+        X_baseline=torch.as_tensor(baseline, dtype=torch.float64),
+        X_pending=None if pending is None else torch.as_tensor(pending, dtype=torch.float64),
+        sampler=SobolQMCNormalSampler(sample_shape=torch.Size([mc_samples]), seed=seed),
+        prune_baseline=True,
+        cache_root=True,
+    )
+
+
+def screen_noise(trials: Iterable[FrozenTrial]) -> float | None:
     """The variance of the screen's ``log(value)`` as an estimate of the value on unseen sequences, or None.
 
-    For every trial promoted to rung 1, ``d = log(rung-1 value) − log(screen value)``, each over its own
-    sequences. Its spread over trials (about its mean: rung 1 may be easier or harder text for everyone) is
-    the screen's error plus rung 1's, whose variances scale with ``1/n``:
+    For every one of the finished ``trials`` promoted to rung 1, ``d = log(rung-1 value) − log(screen value)``,
+    each over its own sequences. Its spread over trials (about its mean: rung 1 may be easier or harder text for
+    everyone) is the screen's error plus rung 1's, whose variances scale with ``1/n``:
     ``var(d) = σ²_screen · (1 + n_screen / n_rung1)``. Needs three promoted trials.
     """
     pairs = []
-    for trial in history.trials:
+    for trial in trials:
         own, sizes = attrs.rung_own_values(trial), attrs.rung_sizes(trial)
         if len(own) >= 2 and len(sizes) >= 2 and own[0] > 0 and own[1] > 0:
             pairs.append((math.log(own[1]) - math.log(own[0]), sizes[0] / sizes[1]))
@@ -496,24 +507,26 @@ def _phase(search: SearchSpace) -> str:
     return "full" if search.to_blocks is None else f"knots{search.to_blocks.shape[1]}"
 
 
-def gp_hyperparameters(model: SingleTaskGP, search: SearchSpace) -> dict:
+def gp_hyperparameters(model: SingleTaskGP, phase: str) -> dict:
+    """What a proposal stores of its GP (``BO_GP``): the search phase it was fitted in, and the
+    hyperparameters a later proposal of the same phase starts its fit from."""
     return {
-        "phase": _phase(search),
+        "phase": phase,
         "raw_lengthscale": [float(v) for v in model.covar_module.raw_lengthscale.detach().reshape(-1)],
         "mean": float(model.mean_module.raw_constant.detach()),
     }
 
 
-def _latest_hyperparameters(history: History, search: SearchSpace) -> dict | None:
-    """The hyperparameters stored with the most recent earlier proposal of the same search space, if any."""
-    dim = search.space.dim
+def latest_hyperparameters(trials: Iterable[FrozenTrial], phase: str, size: int) -> dict | None:
+    """The hyperparameters stored with the most recent of ``trials`` whose GP had the same ``phase`` and
+    ``size`` inputs, if any."""
     best: tuple[int, dict] | None = None
-    for t in (*history.trials, *history.pending_trials):
+    for t in trials:
         hp = attrs.bo_hyperparameters(t)
         if (
             hp is not None
-            and hp.get("phase") == _phase(search)
-            and len(hp.get("raw_lengthscale", ())) == dim
+            and hp.get("phase") == phase
+            and len(hp.get("raw_lengthscale", ())) == size
             and (best is None or t.number > best[0])
         ):
             best = (t.number, hp)

@@ -50,19 +50,19 @@ from allocator.samplers._bo import (
     SearchSpace,
     _model_errors,
     fit_gp,
+    gp_hyperparameters,
     knot_space,
-    screen_noise,
+    latest_hyperparameters,
+    log_nei,
     single_threaded,
 )
-from allocator.samplers._frontier import TargetView
+from allocator.samplers._frontier import TargetView, next_in_turn
 
 if TYPE_CHECKING:
     from botorch.acquisition import AcquisitionFunction
     from optuna.distributions import BaseDistribution
     from optuna.study import Study
     from optuna.trial import FrozenTrial
-
-_MIN_NOISE = 1e-6
 
 
 class FrontierBoSampler(BoSampler):
@@ -157,7 +157,7 @@ class FrontierBoSampler(BoSampler):
 
     def _fewest(self, study: Study, trial: FrozenTrial, among: list[float]) -> float:
         """The target among ``among`` with the fewest trials (the lowest of those tied)."""
-        return min(among, key=lambda t: (_count(study, t, self._targets, trial.number), t))
+        return next_in_turn(study, among, exclude=trial.number)
 
     def searches(self, n_complete: int) -> dict[float, SearchSpace]:
         """Each target's search space: its depth knots during the profile phase, else its block vector."""
@@ -192,10 +192,11 @@ class FrontierBoSampler(BoSampler):
         X = np.concatenate([self.inputs(searches[t], h.X, t) for t, h in histories.items()])
         Y = np.concatenate([h.log_y() - _uniform_log_value(self._members[t].space, h) for t, h in histories.items()])
         phase = "frontier-" + ("full" if first.to_blocks is None else f"knots{first.to_blocks.shape[1]}")
-        model = fit_gp(
-            X, -Y, self.input_bounds(first), noise=self._noise(histories), warm_start=_warm_start(histories, phase, X)
-        )
-        attrs.set_system_attr(study, trial, attrs.BO_GP, _hyperparameters(model, phase))
+        every = [t for h in histories.values() for t in (*h.trials, *h.pending_trials)]
+        warm = latest_hyperparameters(every, phase, X.shape[1])
+        noise = self.noise_of(t for h in histories.values() for t in h.trials)
+        model = fit_gp(X, -Y, self.input_bounds(first), noise=noise, warm_start=warm)
+        attrs.set_system_attr(study, trial, attrs.BO_GP, gp_hyperparameters(model, phase))
         choice: dict[str, float] = {}
         best: tuple[float, float, np.ndarray] | None = None
         for target in candidates:
@@ -226,37 +227,11 @@ class FrontierBoSampler(BoSampler):
         return None
 
     def _acquisition_at(self, model: Any, target: float, search: SearchSpace, history: History) -> Any:
-        from botorch.acquisition.logei import qLogNoisyExpectedImprovement
-        from botorch.sampling import SobolQMCNormalSampler
-
-        baseline = torch.as_tensor(self.inputs(search, history.X, target), dtype=torch.float64)
-        pending = None
-        if history.pending.shape[0]:
-            pending = torch.as_tensor(self.inputs(search, history.pending, target), dtype=torch.float64)
-        acqf = qLogNoisyExpectedImprovement(
-            model=model,
-            X_baseline=baseline,
-            X_pending=pending,
-            sampler=SobolQMCNormalSampler(sample_shape=torch.Size([self.mc_samples]), seed=self.seed),
-            prune_baseline=True,
-            cache_root=True,
+        pending = self.inputs(search, history.pending, target) if history.pending.shape[0] else None
+        acqf = log_nei(
+            model, self.inputs(search, history.X, target), pending, mc_samples=self.mc_samples, seed=self.seed
         )
         return _at_target(acqf, target)
-
-    def _noise(self, histories: dict[float, History]) -> float:
-        if self.noise_variance != "auto":
-            return float(self.noise_variance)
-        trials = tuple(t for h in histories.values() for t in h.trials)
-        empty = np.zeros((0, self.space.dim))
-        pooled = History(X=empty, y=np.zeros(0), numbers=np.zeros(0), pending=empty, trials=trials, pending_trials=())
-        estimate = screen_noise(pooled)  # it reads only the promoted trials' own rung values
-        return _MIN_NOISE if estimate is None else max(_MIN_NOISE, estimate)
-
-
-def _count(study: Study, target: float, targets: tuple[float, ...], exclude: int) -> int:
-    view = TargetView(study, target, targets)
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-    return sum(1 for t in view.get_trials(deepcopy=False, states=states) if t.number != exclude)
 
 
 def _uniform_log_value(space: ConstraintSpace, history: History) -> float:
@@ -287,27 +262,3 @@ def _at_target(acqf: AcquisitionFunction, target: float) -> AcquisitionFunction:
             return self.acqf(torch.cat([X - target, column], dim=-1))
 
     return AtTarget()
-
-
-def _hyperparameters(model: Any, phase: str) -> dict:
-    return {
-        "phase": phase,
-        "raw_lengthscale": [float(v) for v in model.covar_module.raw_lengthscale.detach().reshape(-1)],
-        "mean": float(model.mean_module.raw_constant.detach()),
-    }
-
-
-def _warm_start(histories: dict[float, History], phase: str, X: np.ndarray) -> dict | None:
-    """The hyperparameters of the latest earlier proposal of the same phase and input size, if any."""
-    best: tuple[int, dict] | None = None
-    for history in histories.values():
-        for trial in (*history.trials, *history.pending_trials):
-            hp = attrs.bo_hyperparameters(trial)
-            if (
-                hp is not None
-                and hp.get("phase") == phase
-                and len(hp.get("raw_lengthscale", ())) == X.shape[1]
-                and (best is None or trial.number > best[0])
-            ):
-                best = (trial.number, hp)
-    return None if best is None else best[1]
