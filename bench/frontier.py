@@ -168,6 +168,8 @@ def merge_results(paths: list[Path]) -> dict[str, Any]:
     for path, part in zip(paths, parts, strict=True):
         if part["budget"] != merged["budget"] or part["dense"] != merged["dense"]:
             raise SystemExit(f"{path}: another budget or other dense figures; not the same benchmark.")
+        if part["db"] != merged["db"]:
+            raise SystemExit(f"{path}: another database; figures of different runs do not compare.")
         for key in ("baselines", "single", "frontier"):
             merged[key].update(part[key])
     merged["seconds"] = max(part.get("seconds", 0) for part in parts)  # the invocations ran side by side
