@@ -145,7 +145,8 @@ def summarize(database: Database, name: str) -> StudySummary:
     trials = study.get_trials(deepcopy=False)
     count = {state: sum(1 for t in trials if t.state == state) for state in TrialState}
     targets = config.sparsity.targets
-    best = best_trial(study) if len(targets) == 1 else None
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = _lowest(complete) if len(targets) == 1 else None
     vector = attrs.evaluated_vector(best) if best is not None else None
     return StudySummary(
         name=name,
@@ -166,16 +167,17 @@ def summarize(database: Database, name: str) -> StudySummary:
         best_heldout_perplexity=attrs.heldout_perplexity(best) if best is not None else None,
         best_measured_sparsity=attrs.measured_sparsity(best) if best is not None else None,
         best_vector=tuple(float(x) for x in vector) if vector is not None else None,
-        frontier=tuple(_target_best(study, target) for target in targets) if len(targets) > 1 else (),
+        frontier=tuple(_target_best(complete, target) for target in targets) if len(targets) > 1 else (),
     )
 
 
-def _target_best(study: optuna.Study, target: float) -> TargetBest:
-    complete = attrs.trials_at(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), target)
-    best = _lowest(complete)
+def _target_best(complete: list[optuna.trial.FrozenTrial], target: float) -> TargetBest:
+    """The best of the study's COMPLETE trials ``complete`` at ``target``."""
+    mine = attrs.trials_at(complete, target)
+    best = _lowest(mine)
     return TargetBest(
         target=target,
-        complete=len(complete),
+        complete=len(mine),
         trial=None if best is None else best.number,
         value=None if best is None else best.value,
         heldout_perplexity=None if best is None else attrs.heldout_perplexity(best),

@@ -246,9 +246,10 @@ class BoSampler(BlockSampler):
         self, study: Study, trial: FrozenTrial, history: History, search: SearchSpace, rng: np.random.Generator
     ) -> AcqResult:
         """Fit the GP, build the acquisition and optimise it over the constraint."""
-        warm = latest_hyperparameters((*history.trials, *history.pending_trials), _phase(search), search.space.dim)
+        phase = _phase(search)
+        warm = latest_hyperparameters((*history.trials, *history.pending_trials), phase, search.space.dim)
         model = self.fit(history, search, warm_start=warm)
-        attrs.set_system_attr(study, trial, attrs.BO_GP, gp_hyperparameters(model, _phase(search)))
+        attrs.set_system_attr(study, trial, attrs.BO_GP, gp_hyperparameters(model, phase))
         acqf = self.acquisition(model, history, search, seed=int(rng.integers(2**31)))
         # The trust region is a tool for the full block vector; a few knots are searched whole.
         full = search.to_blocks is None
