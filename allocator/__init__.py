@@ -65,6 +65,7 @@ _LAZY: dict[str, str] = {
     "SparseModel": "allocator._sparse_model",
     "SplitRule": "allocator._sparse_model",
     "UniformSplit": "allocator._sparse_model",
+    "BlendSplit": "allocator._sparse_model",
     "GREEDY_FORMAT": "allocator._greedy",
     "GreedySplit": "allocator._greedy",
     "GreedyTable": "allocator._greedy",

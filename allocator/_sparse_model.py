@@ -2,8 +2,9 @@
 
 An *allocation* is one sparsity per block. A *split rule* turns it into per-site sparsities: ``uniform``
 gives every site the block's value; ``greedy`` looks the block's value up in a table, learnt at calibration,
-of the site split that least disturbs the block's output. Either way the site-weighted mean of a block's
-site sparsities equals the block's value, so the model-level constraint on blocks holds for sites too.
+of the site split that least disturbs the block's output; ``blend`` is a fixed mixture of the two. Either way
+the site-weighted mean of a block's site sparsities equals the block's value, so the model-level constraint
+on blocks holds for sites too.
 """
 
 from __future__ import annotations
@@ -37,6 +38,27 @@ class UniformSplit:
 
     def site_sparsities(self, block_sparsities: torch.Tensor) -> torch.Tensor:
         return block_sparsities.to(torch.float64).unsqueeze(1).expand(-1, len(SITE_NAMES)).clone()
+
+
+class BlendSplit:
+    """A fixed mixture of two split rules: ``weight`` of ``other``'s site split, the rest uniform.
+
+    Why: a search over blocks under the uniform split fits the search domain's text best, while TEAL's greedy
+    split (learnt on block outputs) carries better to other text (``bench/results/allocators.md``). A
+    convex mixture keeps each block's site-weighted mean at the block's value, because both rules do.
+    """
+
+    name = "blend"
+
+    def __init__(self, other: SplitRule, weight: float) -> None:
+        if not 0.0 <= weight <= 1.0:
+            raise InputError(f"The weight of a blended split should be in [0, 1], got {weight}.")
+        self.other = other
+        self.weight = weight
+
+    def site_sparsities(self, block_sparsities: torch.Tensor) -> torch.Tensor:
+        uniform = UniformSplit().site_sparsities(block_sparsities)
+        return (1.0 - self.weight) * uniform + self.weight * self.other.site_sparsities(block_sparsities)
 
 
 def as_block_vector(allocation: Sequence[float] | torch.Tensor | float, n_blocks: int) -> torch.Tensor:

@@ -56,9 +56,11 @@ from studies import (
 
 RESULTS = Path(__file__).parent / "results"
 RUNS = Path(__file__).parent / "runs"
-SAMPLERS = ("uniform", "greedy", "random", "tpe", "cmaes", "was", "evopress", "bo", "bo-greedy")
+SAMPLERS = ("uniform", "greedy", "random", "tpe", "cmaes", "was", "evopress", "bo", "bo-greedy", "bo-blend")
 SINGLE = ("uniform", "greedy")
 GREEDY_SPLIT = ("greedy", "bo-greedy")
+BLEND_SPLIT = ("bo-blend",)  # half greedy split, half uniform (the config's default blend weight)
+BO_VARIANTS = ("bo", "bo-greedy", "bo-blend")
 BASE_BUDGET = 51_200  # today's: 50 evaluations of 1,024 tokens
 CORPORA = ("heldout", "ood")
 REDUCTION_GOAL = 0.25
@@ -91,10 +93,10 @@ def study_config(sampler: str, target: float, seed: int, budget: int, args: argp
             "target": target,
             "lower": 0.0,
             "upper": 0.9,
-            "split": "greedy" if sampler in GREEDY_SPLIT else "uniform",
+            "split": "greedy" if sampler in GREEDY_SPLIT else "blend" if sampler in BLEND_SPLIT else "uniform",
             "greedy": {"sequences": args.greedy_sequences},
         },
-        "sampler": {"name": "bo" if sampler == "bo-greedy" else sampler},
+        "sampler": {"name": "bo" if sampler in BO_VARIANTS else sampler},
         "search": {
             "screen_sequences": args.screen,
             "promote_sequences": args.promote,
@@ -326,7 +328,7 @@ def goal_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     single = {(r["sampler"], r["target"]): r for r in results["runs"] if r["sampler"] in SINGLE}
     rows = []
     for r in results["runs"]:
-        if r["sampler"] not in ("bo", "bo-greedy") or ("greedy", r["target"]) not in single:
+        if r["sampler"] not in BO_VARIANTS or ("greedy", r["target"]) not in single:
             continue
         for role in CORPORA:
             greedy = single[("greedy", r["target"])][role]["degradation"]

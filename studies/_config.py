@@ -131,6 +131,9 @@ class GreedyConfig(_Strict):
 
     step: float = Field(default=0.025, gt=0, le=0.5, allow_inf_nan=False)
     sequences: int = Field(default=4, ge=1, description="Calibration sequences whose block inputs score the splits.")
+    blend: float = Field(
+        default=0.5, ge=0, le=1, allow_inf_nan=False, description="The `blend` split's share of the greedy split."
+    )
 
 
 #: The most targets one frontier study may name (each needs its own uniform baseline and trials).
@@ -176,7 +179,7 @@ class SparsityConfig(_Strict):
     upper: Fraction | list[Fraction] = 0.9
     score: Literal["magnitude", "weight_aware"] = "magnitude"
     norm: Literal[1, 2] = 1
-    split: Literal["uniform", "greedy"] = "uniform"
+    split: Literal["uniform", "greedy", "blend"] = "uniform"
     greedy: GreedyConfig = GreedyConfig()
     sparsify_fraction: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False)
 

@@ -5,10 +5,11 @@ A frontier study (several targets) also gets ``frontier.png``: held-out perplexi
 measured sparsity (the trial's ``measured_sparsity`` on its search screen: at exactly its target under the
 ``quantile`` rule) of each target's best trial among those whose held-out figures the runner recorded (it
 records them for each new best trial of a target; best: most rungs reached, then lowest value at the last).
-As baselines it draws, per target, the trials whose evaluated vector is uniform across blocks (``uniform``,
-or TEAL's ``greedy-uniform`` under the greedy split) where the database holds their held-out figures; it
-computes nothing (no model is loaded), so a baseline the study never evaluated, or evaluated without held-out
-figures, is missing from the plot. Its best allocation plot draws each target's best trial.
+As baselines it draws, per target, the trials whose evaluated vector is uniform across blocks (``uniform``;
+TEAL's ``greedy-uniform`` under the greedy split; ``blend-uniform`` under the blend split) where the database
+holds their held-out figures; it computes nothing (no model is loaded), so a baseline the study never
+evaluated, or evaluated without held-out figures, is missing from the plot.
+Its best allocation plot draws each target's best trial.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def _sparsity_vs_objective(axis: Any, config: Any, study: optuna.Study, complete
 def frontier_series(config: Any, complete: list[Any]) -> dict[str, list[tuple[float, float, float]]]:
     """What ``frontier.png`` draws: per series (the best trial of each target, and the uniform allocation),
     ``(measured sparsity, held-out perplexity, held-out KL)`` per target, for trials that record all three."""
-    baseline = "greedy-uniform" if config.sparsity.split == "greedy" else "uniform"
+    baseline = {"greedy": "greedy-uniform", "blend": "blend-uniform"}.get(config.sparsity.split, "uniform")
     series: dict[str, list[tuple[float, float, float]]] = {"best trial per target": [], baseline: []}
     for target in config.sparsity.targets:
         trials = [t for t in attrs.trials_at(complete, target, config.sparsity.targets) if _heldout(t) is not None]

@@ -30,6 +30,7 @@ from allocator import (
     CALIBRATION_FORMAT,
     GREEDY_FORMAT,
     REFERENCE_FORMAT,
+    BlendSplit,
     Calibration,
     ConstraintSpace,
     DenseReference,
@@ -41,6 +42,7 @@ from allocator import (
     Objective,
     Score,
     SparseModel,
+    SplitRule,
     TokenSets,
     build_greedy_table,
     calibrate,
@@ -50,7 +52,7 @@ from allocator import (
     make_token_sets,
 )
 from storage import Database
-from studies._config import StudyConfig
+from studies._config import SparsityConfig, StudyConfig
 
 Notify = Callable[[str], None]
 Progress = Callable[[str, int], Callable[[int], None]]
@@ -315,9 +317,11 @@ def greedy_table_for(
     notify: Notify,
     progress: Progress | None = None,
 ) -> GreedyTable | None:
-    """The greedy split tables of this calibration (None for the uniform split), stored like the calibration."""
+    """The greedy split tables of this calibration (None for the uniform split), stored like the calibration.
+
+    The ``blend`` split uses the same tables as ``greedy``: one artifact serves both."""
     sparsity = config.sparsity
-    if sparsity.split != "greedy":
+    if sparsity.split == "uniform":
         return None
     upper = sparsity.upper if isinstance(sparsity.upper, float) else max(sparsity.upper)
     settings = {
@@ -351,6 +355,17 @@ def greedy_table_for(
         notify=notify,
     )
     return GreedyTable.from_bytes(blob)
+
+
+def split_rule(sparsity: SparsityConfig, greedy: GreedyTable | None) -> SplitRule | None:
+    """The split rule ``sparsity.split`` names (None: uniform), over the greedy tables where it needs them."""
+    if sparsity.split == "uniform":
+        return None
+    if greedy is None:
+        raise InputError(f"The `{sparsity.split}` split needs greedy split tables; none were built.")
+    if sparsity.split == "greedy":
+        return GreedySplit(greedy)
+    return BlendSplit(GreedySplit(greedy), sparsity.greedy.blend)
 
 
 def reference_for(
@@ -419,7 +434,7 @@ def open_session(
     sparse_model = SparseModel(
         loaded.adapter,
         calibration,
-        split=GreedySplit(greedy) if greedy is not None else None,
+        split=split_rule(config.sparsity, greedy),
         sparsify_fraction=config.sparsity.sparsify_fraction,
     )
     objective = Objective(sparse_model, batch_size=config.evaluation.batch_size)

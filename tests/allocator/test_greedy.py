@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from allocator import (
+    BlendSplit,
     GreedySplit,
     GreedyTable,
     InputError,
@@ -46,6 +47,21 @@ def test_split_meets_every_block_target_exactly(built):
     assert torch.allclose((sites * weights).sum(dim=1) / weights.sum(dim=1), targets, atol=1e-12)
     with pytest.raises(InputError, match="above the greedy table's maximum"):
         table.site_sparsities(torch.tensor([0.5, 0.5, 0.95], dtype=torch.float64))
+
+
+def test_blend_mixes_the_splits_and_keeps_every_block_target(built):
+    loaded, _, _, table = built
+    weights = loaded.adapter.site_weights()
+    targets = torch.tensor([0.1, 0.45, 0.8], dtype=torch.float64)
+    greedy = GreedySplit(table).site_sparsities(targets)
+    for weight in (0.0, 0.3, 1.0):
+        sites = BlendSplit(GreedySplit(table), weight).site_sparsities(targets)
+        expected = (1 - weight) * targets.unsqueeze(1) + weight * greedy
+        assert torch.allclose(sites, expected, atol=1e-12)
+        assert torch.allclose((sites * weights).sum(dim=1) / weights.sum(dim=1), targets, atol=1e-12)
+    assert not torch.allclose(greedy, targets.unsqueeze(1).expand_as(greedy))  # the mixture is not trivial
+    with pytest.raises(InputError, match="weight of a blended split"):
+        BlendSplit(GreedySplit(table), 1.5)
 
 
 @torch.no_grad()

@@ -63,3 +63,25 @@ def test_single_point_samplers_run_one_trial(sqlite_url, write_config):
     assert evaluated_vector(trial) == pytest.approx([0.5] * 3)
     summary = summarize(database, "greedy")
     assert summary.split == "greedy" and summary.best_value == trial.value == summary.best_kl
+
+
+def test_blend_split_mixes_the_stored_greedy_tables_and_meets_the_target(sqlite_url, write_config):
+    database = Database(sqlite_url)
+    greedy, _ = load_config(write_config(name="greedy", sampler={"name": "greedy"}, sparsity={"split": "greedy"}))
+    blend, _ = load_config(
+        write_config(name="blend", sampler={"name": "uniform"}, sparsity={"split": "blend", "greedy": {"blend": 0.25}})
+    )
+    create_study(database, greedy)
+    create_study(database, blend)
+    greedy_session = open_session(database, greedy)
+    messages: list[str] = []
+    blend_session = open_session(database, blend, notify=messages.append)
+    assert any(m.startswith("Reused the stored greedy split tables") for m in messages)
+    greedy_sites = greedy_session.sparse_model.site_sparsities(0.5)
+    blend_sites = blend_session.sparse_model.site_sparsities(0.5)
+    assert not np.allclose(greedy_sites.numpy(), 0.5)
+    assert np.allclose(blend_sites.numpy(), 0.75 * 0.5 + 0.25 * greedy_sites.numpy(), atol=1e-12)
+    run_study(blend_session)
+    (trial,) = _complete(database, "blend")
+    assert attrs.measured_sparsity(trial) == pytest.approx(0.5, abs=5e-3)
+    assert summarize(database, "blend").split == "blend"

@@ -1,0 +1,195 @@
+"""How much of a held-out figure is arithmetic: stored allocations re-evaluated here, and under rounding noise.
+
+Why: the same uniform allocation at 60%, on the same tokens, read +205.2% held-out degradation in one run
+(`bench/results/allocators.md`) and +195.3% in another, on machines whose dense perplexities agree to seven
+digits and whose package versions are the same. The runs differ in the host (the platform string): CPU kernels
+round differently, and hard thresholds turn last-bit differences into different zeroed inputs, which compound
+over 30 blocks. This benchmark measures that effect instead of guessing it:
+
+* ``here``: each allocation of a results file (its chosen ``vector``) evaluated on this machine, on the same
+  held-out and out-of-domain sequences, at exactly its target (``quantile`` rule), next to the figure the file
+  records (measured on another machine when the file came from one);
+* ``perturbed``: the same, with every weight of the model multiplied by ``1 + ε·N(0, 1)`` (ε = 2⁻²³, float32's
+  rounding unit; seeded), for a few seeds: the spread is the noise floor of a held-out figure, and what a
+  comparison between allocators must exceed. Greedy split tables and the dense reference stay unperturbed.
+
+The relative spread is measured on the benchmark's 16 sequences per corpus; per-sequence figures are kept, so
+the spread of the mean can be read for fewer sequences too.
+
+Run: ``python bench/heldout_noise.py --results bench/results/allocators.json --targets 0.6`` (tens of minutes
+on 2 CPU cores). Writes ``heldout_noise.{json,md}`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # bench/allocators.py: the shared study protocol
+from allocators import BASE_BUDGET, CORPORA, GREEDY_SPLIT, RESULTS, RUNS, environment, study_config
+
+from storage import Database
+from studies import open_session, parse_config
+
+EPSILON = 2.0**-23
+
+
+def _settings(results: dict[str, Any]) -> argparse.Namespace:
+    """The data and search settings the results file was measured with (so the tokens are the same)."""
+    keys = ("seq_len", "calibration_sequences", "search_sequences", "eval_sequences", "greedy_sequences")
+    return argparse.Namespace(**{k: results["settings"][k] for k in keys}, screen=4, promote=[8])
+
+
+@torch.no_grad()
+def perturb(model: torch.nn.Module, originals: dict[str, torch.Tensor], seed: int) -> None:
+    """Every floating-point parameter at ``original · (1 + ε·N(0, 1))``; seed 0 restores the originals."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, parameter in model.named_parameters():
+        original = originals[name]
+        if seed == 0:
+            parameter.copy_(original)
+        else:
+            noise = torch.randn(original.shape, generator=generator, dtype=torch.float64)
+            parameter.copy_((original.double() * (1.0 + EPSILON * noise)).to(parameter.dtype))
+
+
+def _figures(session: Any, vector: list[float], role: str, dense: float) -> dict[str, Any]:
+    evaluation = session.evaluate(vector, role, rule="quantile")
+    return {
+        "perplexity": evaluation.perplexity,
+        "degradation": (evaluation.perplexity - dense) / dense,
+        "measured_sparsity": evaluation.measured_sparsity,
+        "sequence_nll": [float(v) for v in evaluation.sequence_nll],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=RESULTS / "allocators.json")
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.6])
+    parser.add_argument("--samplers", nargs="+", default=None, help="Only these samplers' allocations.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="Perturbation seeds (0: none).")
+    parser.add_argument("--db", type=Path, default=RUNS / "heldout_noise.db", help="Artifacts (kept).")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    command = shlex.join(["python", "bench/heldout_noise.py", *sys.argv[1:]])
+    started = time.perf_counter()
+    source = json.loads(args.results.read_text())
+    settings = _settings(source)
+    runs = [
+        r
+        for r in source["runs"]
+        if any(abs(r["target"] - t) < 1e-9 for t in args.targets)
+        and (not args.samplers or r["sampler"] in args.samplers)
+    ]
+    database = Database(f"sqlite:///{args.db}")
+    sessions = {}
+    for split, sampler in (("uniform", "uniform"), ("greedy", "greedy")):
+        config = parse_config(study_config(sampler, args.targets[0], 0, BASE_BUDGET, settings), source=split)
+        sessions[split] = open_session(database, config)
+    originals = {
+        split: {n: p.detach().clone() for n, p in s.loaded.model.named_parameters()} for split, s in sessions.items()
+    }
+    dense = {role: sessions["uniform"].evaluate(0.0, role, rule="threshold").perplexity for role in CORPORA}
+    print(f"dense here {dense}; in the file { ({r: source['dense'][r]['perplexity'] for r in CORPORA}) }", flush=True)
+    out: list[dict[str, Any]] = []
+    for seed in [0, *args.seeds]:
+        for split, session in sessions.items():
+            perturb(session.loaded.model, originals[split], seed)
+        for run in runs:
+            session = sessions["greedy" if run["sampler"] in GREEDY_SPLIT else "uniform"]
+            row = {"name": run["name"], "sampler": run["sampler"], "target": run["target"], "seed": seed}
+            for role in CORPORA:
+                row[role] = _figures(session, run["vector"], role, dense[role])
+                row[role]["recorded"] = run[role]["degradation"]
+            out.append(row)
+            print(
+                f"{run['name']:<20} perturbation {seed}: held-out {row['heldout']['degradation']:+.1%} "
+                f"(recorded {run['heldout']['degradation']:+.1%}) ood {row['ood']['degradation']:+.1%} "
+                f"(recorded {run['ood']['degradation']:+.1%})",
+                flush=True,
+            )
+    results = {
+        "command": command,
+        "environment": environment(),
+        "source": {"file": str(args.results), "environment": source.get("environment"), "dense": source["dense"]},
+        "epsilon": EPSILON,
+        "dense_here": dense,
+        "rows": out,
+        "seconds": time.perf_counter() - started,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "heldout_noise.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "heldout_noise.md").write_text(report(results))
+    print(report(results))
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    def ranks(values: list[float]) -> list[float]:
+        order = sorted(range(len(values)), key=values.__getitem__)
+        out = [0.0] * len(values)
+        for rank, i in enumerate(order):
+            out[i] = float(rank)
+        return out
+
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    return cov / math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
+
+
+def report(results: dict[str, Any]) -> str:
+    rows = results["rows"]
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    by = {(r["name"], r["seed"]): r for r in rows}
+    seeds = sorted({r["seed"] for r in rows})
+    lines = [
+        "# Held-out figures: another machine's arithmetic, and rounding noise",
+        "",
+        f"`{results['command']}` ({results['seconds'] / 60:.0f} min). Allocations from `{results['source']['file']}`,",
+        f"re-evaluated here ({results['environment']['platform']}) on the same sequences at exactly their target;",
+        f"'perturbed': every weight times 1 + ε·N(0,1), ε = 2^-23, seeds {', '.join(map(str, seeds[1:]))}.",
+        f"Dense perplexity here {results['dense_here']['heldout']:.6f} / {results['dense_here']['ood']:.6f}; "
+        f"in the file {results['source']['dense']['heldout']['perplexity']:.6f} / "
+        f"{results['source']['dense']['ood']['perplexity']:.6f} (held-out / out-of-domain).",
+        "",
+        "| allocation | corpus | recorded | here | perturbed | spread (max − min of all) | relative |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    spreads: dict[str, list[float]] = {role: [] for role in CORPORA}
+    for name in names:
+        for role in CORPORA:
+            here = by[(name, 0)][role]
+            perturbed = [by[(name, s)][role]["degradation"] for s in seeds[1:]]
+            ppl = [by[(name, s)][role]["perplexity"] for s in seeds]
+            relative = (max(ppl) - min(ppl)) / statistics.fmean(ppl)
+            spreads[role].append(relative)
+            values = [here["degradation"], *perturbed]
+            lines.append(
+                f"| {name} | {role} | {here['recorded']:+.1%} | {here['degradation']:+.1%} | "
+                f"{', '.join(f'{v:+.1%}' for v in perturbed)} | {max(values) - min(values):.1%} points | "
+                f"{relative:.1%} of perplexity |"
+            )
+    lines += ["", "Summary:", ""]
+    for role in CORPORA:
+        recorded = [by[(n, 0)][role]["recorded"] for n in names]
+        here = [by[(n, 0)][role]["degradation"] for n in names]
+        lines.append(
+            f"- {role}: median spread {statistics.median(spreads[role]):.1%} of perplexity (max "
+            f"{max(spreads[role]):.1%}) over {len(seeds)} evaluations per allocation; recorded vs here, Spearman "
+            f"{_spearman(recorded, here):.3f} over {len(names)} allocations."
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
