@@ -46,7 +46,7 @@ def _job(job: tuple[str, int, int]) -> dict[str, Any]:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     from allocator.samplers import TargetsInTurn, create_sampler
-    from allocator.testing import SyntheticObjective, run_frontier, run_sampler
+    from allocator.testing import SyntheticObjective, optimise_frontier, run_frontier, run_sampler
 
     kind, seed, per_target = job
     objectives = {t: SyntheticObjective(target=t) for t in TARGETS}
@@ -64,7 +64,10 @@ def _job(job: tuple[str, int, int]) -> dict[str, Any]:
         elif kind == "frontier-bo-turn":
             pairs = run_frontier("bo", objectives=objectives, seed=seed, n_trials=n, target_choice="turn")
         else:
-            pairs = _in_turn(objectives, seed, n, TargetsInTurn, create_sampler)
+            # independent per-target bo runs, targets in turn (the frontier baseline)
+            spaces = {t: o.space for t, o in objectives.items()}
+            in_turn = TargetsInTurn(spaces=spaces, build=lambda s: create_sampler("bo", space=s, seed=seed))
+            pairs = optimise_frontier(in_turn, objectives=objectives, n_trials=n)
         for t in TARGETS:
             mine = [v for target, v in pairs if target == t]
             best[t], counts[t] = (min(mine) if mine else float("inf")), len(mine)
@@ -76,26 +79,6 @@ def _job(job: tuple[str, int, int]) -> dict[str, Any]:
         "evaluations": {f"{t:g}": counts[t] for t in TARGETS},
         "seconds": time.perf_counter() - start,
     }
-
-
-def _in_turn(objectives: dict, seed: int, n: int, in_turn: Any, create: Any) -> list[tuple[float, float]]:
-    """``n`` evaluations of independent per-target ``bo`` runs, targets in turn (the frontier baseline)."""
-    import optuna
-
-    from allocator import trial_attributes as attrs
-    from allocator.samplers import suggest_allocation
-
-    sampler = in_turn(
-        spaces={t: o.space for t, o in objectives.items()}, build=lambda s: create("bo", space=s, seed=seed)
-    )
-    study = optuna.create_study(direction="minimize", sampler=sampler)
-
-    def func(trial: optuna.Trial) -> float:
-        target = attrs.trial_target(trial)
-        return objectives[target](suggest_allocation(trial, objectives[target].space))
-
-    study.optimize(func, n_trials=n)
-    return [(float(t.user_attrs[attrs.TARGET]), float(t.value)) for t in study.trials]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,6 @@ one contract every sampler passes; ``tiny`` builds tiny random-weight models and
 
 from __future__ import annotations
 
-from allocator.testing.synthetic import SyntheticObjective, run_frontier, run_sampler
+from allocator.testing.synthetic import SyntheticObjective, optimise_frontier, run_frontier, run_sampler
 
-__all__ = ["SyntheticObjective", "run_frontier", "run_sampler"]
+__all__ = ["SyntheticObjective", "optimise_frontier", "run_frontier", "run_sampler"]

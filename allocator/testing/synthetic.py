@@ -194,12 +194,21 @@ def run_frontier(
     """Run ``n_trials`` of a frontier study (one objective per target) with sampler ``name``, as the study runner
     does: the sampler gives each trial its target, the vector is evaluated on that target's constraint.
     Returns ``(target, value)`` per trial, in trial order."""
+    from allocator.samplers import create_frontier_sampler
+
+    sampler = create_frontier_sampler(name, spaces={t: o.space for t, o in objectives.items()}, seed=seed, **options)
+    return optimise_frontier(sampler, objectives=objectives, n_trials=n_trials)
+
+
+def optimise_frontier(
+    sampler: Any, *, objectives: dict[float, SyntheticObjective], n_trials: int
+) -> list[tuple[float, float]]:
+    """:func:`run_frontier` with a sampler already built (e.g. per-target samplers taking turns)."""
     import optuna
 
     from allocator import trial_attributes as attrs
-    from allocator.samplers import create_frontier_sampler, suggest_allocation
+    from allocator.samplers import suggest_allocation
 
-    sampler = create_frontier_sampler(name, spaces={t: o.space for t, o in objectives.items()}, seed=seed, **options)
     study = optuna.create_study(direction="minimize", sampler=sampler)
 
     def func(trial: optuna.Trial) -> float:
