@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from allocator import ConstraintSpace, check_model_source, check_text_source, resolve_placement
 from allocator import trial_attributes as attrs
-from allocator.errors import InputError
+from allocator.errors import InputError, StorageError
 from storage import Database
 from studies._config import StudyConfig, parse_config
 
@@ -41,10 +41,17 @@ def check_study(config: StudyConfig) -> int:
 def create_study(database: Database, config: StudyConfig) -> bool:
     """Check ``config`` and register it as a study; True if created, False if it exists with this configuration.
 
-    A name that exists with a different configuration is refused (the database keeps the first).
+    A name that exists with a different configuration is refused (the database keeps the first). A configuration
+    stored by an older sparsealloc, which lacks settings added since, is the same configuration when it reads as
+    this one with those settings at their defaults: upgrading does not stop a study from being resumed.
     """
     check_study(config)
-    created = database.register_study(config.name, config.canonical(), config.digest())
+    try:
+        created = database.register_study(config.name, config.canonical(), config.digest())
+    except StorageError:
+        if load_study_config(database, config.name).canonical() != config.canonical():
+            raise
+        created = False
     study = optuna.create_study(
         study_name=config.name, storage=database.optuna_storage, direction="minimize", load_if_exists=True
     )

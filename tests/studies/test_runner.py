@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from allocator import trial_attributes as attrs
+from allocator.errors import StorageError
 from allocator.samplers import evaluated_vector
 from storage import Database
 from studies import create_study, load_config, open_session, run_study, summarize
@@ -85,3 +89,21 @@ def test_blend_split_mixes_the_stored_greedy_tables_and_meets_the_target(sqlite_
     (trial,) = _complete(database, "blend")
     assert attrs.measured_sparsity(trial) == pytest.approx(0.5, abs=5e-3)
     assert summarize(database, "blend").split == "blend"
+
+
+def test_a_study_stored_before_a_setting_existed_is_still_the_same_study(sqlite_url, write_config):
+    """Upgrading adds settings with defaults; a study an older version stored without them resumes."""
+    config, _ = load_config(write_config(trials=2))
+    database = Database(sqlite_url)
+    assert create_study(database, config) is True
+    older = config.canonical()
+    del older["sparsity"]["greedy"]["blend"]  # what a version without the blend split stored
+    with database.engine.begin() as connection:
+        connection.execute(
+            sqlalchemy.text("UPDATE sparsealloc_studies SET config = :config, config_hash = :hash WHERE name = :name"),
+            {"config": json.dumps(older, sort_keys=True), "hash": "0" * 64, "name": config.name},
+        )
+    assert create_study(database, config) is False
+    changed, _ = load_config(write_config(trials=2, sparsity={"greedy": {"blend": 0.25}}))
+    with pytest.raises(StorageError, match="already exists with a different configuration"):
+        create_study(database, changed)
