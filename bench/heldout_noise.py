@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # bench/allocators.py: the shared study protocol
-from allocators import BASE_BUDGET, CORPORA, GREEDY_SPLIT, RESULTS, RUNS, environment, study_config
+from allocators import BASE_BUDGET, CORPORA, RESULTS, RUNS, environment, study_config
 
 from storage import Database
 from studies import open_session, parse_config
@@ -72,41 +72,64 @@ def _figures(session: Any, vector: list[float], role: str, dense: float) -> dict
     }
 
 
+def _load_runs(paths: list[Path], targets: list[float], samplers: list[str] | None) -> tuple[list[dict], list[dict]]:
+    """The chosen allocations of every results file (first file wins a name), and each file's provenance."""
+    runs: dict[str, dict[str, Any]] = {}
+    sources = []
+    for path in paths:
+        source = json.loads(path.read_text())
+        sources.append({"file": str(path), "environment": source.get("environment"), "dense": source["dense"]})
+        for run in source["runs"]:
+            if any(abs(run["target"] - t) < 1e-9 for t in targets) and (not samplers or run["sampler"] in samplers):
+                runs.setdefault(run["name"], {**run, "settings": _settings(source)})
+    return list(runs.values()), sources
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", type=Path, default=RESULTS / "allocators.json")
+    parser.add_argument("--results", type=Path, nargs="+", default=[RESULTS / "allocators.json"])
     parser.add_argument("--targets", type=float, nargs="+", default=[0.6])
     parser.add_argument("--samplers", nargs="+", default=None, help="Only these samplers' allocations.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="Perturbation seeds (0: none).")
+    parser.add_argument(
+        "--reuse", type=Path, default=None, help="A heldout_noise.json from this machine: its rows are kept."
+    )
     parser.add_argument("--db", type=Path, default=RUNS / "heldout_noise.db", help="Artifacts (kept).")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     command = shlex.join(["python", "bench/heldout_noise.py", *sys.argv[1:]])
     started = time.perf_counter()
-    source = json.loads(args.results.read_text())
-    settings = _settings(source)
-    runs = [
-        r
-        for r in source["runs"]
-        if any(abs(r["target"] - t) < 1e-9 for t in args.targets)
-        and (not args.samplers or r["sampler"] in args.samplers)
-    ]
+    runs, sources = _load_runs(args.results, args.targets, args.samplers)
+    reused: dict[tuple[str, int], dict[str, Any]] = {}
+    if args.reuse is not None:
+        previous = json.loads(args.reuse.read_text())
+        if previous["environment"]["platform"] != environment()["platform"] or previous["epsilon"] != EPSILON:
+            raise SystemExit(f"{args.reuse}: measured on another machine or with another ε; not reused.")
+        reused = {(row["name"], row["seed"]): row for row in previous["rows"]}
     database = Database(f"sqlite:///{args.db}")
-    sessions = {}
-    for split, sampler in (("uniform", "uniform"), ("greedy", "greedy")):
-        config = parse_config(study_config(sampler, args.targets[0], 0, BASE_BUDGET, settings), source=split)
-        sessions[split] = open_session(database, config)
+    sessions: dict[str, Any] = {}  # by site split: one model each, perturbed alike
+    for run in runs:
+        config = parse_config(
+            study_config(run["sampler"], run["target"], 0, BASE_BUDGET, run["settings"]), source="noise"
+        )
+        run["split"] = config.sparsity.split
+        if run["split"] not in sessions:
+            sessions[run["split"]] = open_session(database, config)
     originals = {
         split: {n: p.detach().clone() for n, p in s.loaded.model.named_parameters()} for split, s in sessions.items()
     }
-    dense = {role: sessions["uniform"].evaluate(0.0, role, rule="threshold").perplexity for role in CORPORA}
-    print(f"dense here {dense}; in the file { ({r: source['dense'][r]['perplexity'] for r in CORPORA}) }", flush=True)
+    first = next(iter(sessions.values()))
+    dense = {role: first.evaluate(0.0, role, rule="threshold").perplexity for role in CORPORA}
+    print(f"dense here {dense}; in the files {[s['dense'] for s in sources]}", flush=True)
     out: list[dict[str, Any]] = []
     for seed in [0, *args.seeds]:
         for split, session in sessions.items():
             perturb(session.loaded.model, originals[split], seed)
         for run in runs:
-            session = sessions["greedy" if run["sampler"] in GREEDY_SPLIT else "uniform"]
+            if (run["name"], seed) in reused:
+                out.append(reused[(run["name"], seed)])
+                continue
+            session = sessions[run["split"]]
             row = {"name": run["name"], "sampler": run["sampler"], "target": run["target"], "seed": seed}
             for role in CORPORA:
                 row[role] = _figures(session, run["vector"], role, dense[role])
@@ -121,7 +144,7 @@ def main() -> None:
     results = {
         "command": command,
         "environment": environment(),
-        "source": {"file": str(args.results), "environment": source.get("environment"), "dense": source["dense"]},
+        "sources": sources,
         "epsilon": EPSILON,
         "dense_here": dense,
         "rows": out,
@@ -147,20 +170,82 @@ def _spearman(a: list[float], b: list[float]) -> float:
     return cov / math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
 
 
+def _sequence_lines(rows: list[dict[str, Any]], names: list[str], seeds: list[int]) -> list[str]:
+    """Whether the noise is independent per sequence: then the mean over n sequences has sd σ/√n."""
+    by = {(r["name"], r["seed"]): r for r in rows}
+    lines = ["", "Per sequence (mean NLL of each sequence, across the evaluations of an allocation):", ""]
+    for role in CORPORA:
+        per_sequence, of_mean = [], []
+        for name in names:
+            values = [by[(name, s)][role]["sequence_nll"] for s in seeds]
+            per_sequence += [statistics.pstdev(column) for column in zip(*values, strict=True)]
+            of_mean.append(statistics.pstdev([statistics.fmean(v) for v in values]))
+        sigma, n, mean_sd = statistics.fmean(per_sequence), len(values[0]), statistics.fmean(of_mean)
+        lines.append(
+            f"- {role}: sd of one sequence's NLL {sigma:.4f} nats; sd of the {n}-sequence mean {mean_sd:.4f}"
+            f" (independent sequences: {sigma / math.sqrt(n):.4f}). Implied sd of perplexity: "
+            + ", ".join(f"{sigma / math.sqrt(k):.2%} at {k} sequences" for k in (16, 64, 256))
+            + "."
+        )
+    return lines
+
+
+def _goal_lines(rows: list[dict[str, Any]], seeds: list[int]) -> list[str]:
+    """Each bo variant's reduction of degradation versus greedy-uniform, per evaluation and on their mean."""
+    by = {(r["name"], r["seed"]): r for r in rows}
+    greedy = {r["target"]: r["name"] for r in rows if r["sampler"] == "greedy"}
+    anchors = {(r["sampler"], r["target"], r["name"].rsplit("-s", 1)[1]): r["name"] for r in rows}
+    names = list(dict.fromkeys(r["name"] for r in rows if r["sampler"].startswith("bo") and r["target"] in greedy))
+    lines = [
+        "",
+        "Issue 12's comparison on this machine: each bo variant's reduction of held-out degradation versus",
+        "greedy-uniform, for each evaluation (unperturbed, then each perturbation: both sides perturbed alike), and",
+        "on the mean over the evaluations; 'best anchor' is the lower mean of `was` and `evopress` of the same seed.",
+        "",
+        "| allocation | corpus | reduction per evaluation | mean degradation | greedy mean | reduction of means "
+        "| best anchor mean |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        target = by[(name, seeds[0])]["target"]
+        seed = name.rsplit("-s", 1)[1]
+        for role in CORPORA:
+            mine = [by[(name, s)][role]["degradation"] for s in seeds]
+            theirs = [by[(greedy[target], s)][role]["degradation"] for s in seeds]
+            per = [1.0 - m / g for m, g in zip(mine, theirs, strict=True)]
+            anchor_means = [
+                statistics.fmean(by[(anchors[key], s)][role]["degradation"] for s in seeds)
+                for key in ((a, target, seed) for a in ("was", "evopress"))
+                if key in anchors
+            ]
+            anchor = f"{min(anchor_means):+.1%}" if anchor_means else "—"
+            lines.append(
+                f"| {name} | {role} | {', '.join(f'{v:.1%}' for v in per)} | {statistics.fmean(mine):+.1%} | "
+                f"{statistics.fmean(theirs):+.1%} | {1.0 - statistics.fmean(mine) / statistics.fmean(theirs):.1%} "
+                f"| {anchor} |"
+            )
+    return lines
+
+
 def report(results: dict[str, Any]) -> str:
     rows = results["rows"]
     names = list(dict.fromkeys(r["name"] for r in rows))
     by = {(r["name"], r["seed"]): r for r in rows}
     seeds = sorted({r["seed"] for r in rows})
+    sources = results["sources"]
+    files = ", ".join(f"`{s['file']}`" for s in sources)
+    file_dense = "; ".join(
+        f"{s['dense']['heldout']['perplexity']:.6f} / {s['dense']['ood']['perplexity']:.6f}" for s in sources
+    )
     lines = [
         "# Held-out figures: another machine's arithmetic, and rounding noise",
         "",
-        f"`{results['command']}` ({results['seconds'] / 60:.0f} min). Allocations from `{results['source']['file']}`,",
-        f"re-evaluated here ({results['environment']['platform']}) on the same sequences at exactly their target;",
-        f"'perturbed': every weight times 1 + ε·N(0,1), ε = 2^-23, seeds {', '.join(map(str, seeds[1:]))}.",
-        f"Dense perplexity here {results['dense_here']['heldout']:.6f} / {results['dense_here']['ood']:.6f}; "
-        f"in the file {results['source']['dense']['heldout']['perplexity']:.6f} / "
-        f"{results['source']['dense']['ood']['perplexity']:.6f} (held-out / out-of-domain).",
+        f"`{results['command']}` ({results['seconds'] / 60:.0f} min). Allocations from "
+        f"{files}, re-evaluated here ({results['environment']['platform']}) on",
+        "the same sequences (16 per corpus) at exactly their target; 'perturbed': every weight times 1 + ε·N(0,1),",
+        f"ε = 2^-23, seeds {', '.join(map(str, seeds[1:]))}. Dense perplexity here "
+        f"{results['dense_here']['heldout']:.6f} / {results['dense_here']['ood']:.6f} (held-out / out-of-domain); "
+        f"in the files {file_dense}.",
         "",
         "| allocation | corpus | recorded | here | perturbed | spread (max − min of all) | relative |",
         "|---|---|---|---|---|---|---|",
@@ -188,6 +273,8 @@ def report(results: dict[str, Any]) -> str:
             f"{max(spreads[role]):.1%}) over {len(seeds)} evaluations per allocation; recorded vs here, Spearman "
             f"{_spearman(recorded, here):.3f} over {len(names)} allocations."
         )
+    lines += _sequence_lines(rows, names, seeds)
+    lines += _goal_lines(rows, seeds)
     return "\n".join(lines) + "\n"
 
 
