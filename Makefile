@@ -31,7 +31,7 @@ demo: $(INSTALLED)
 # Every sampler at 50% and 60%, 3 seeds, then the frontier benchmarks: hours on 2 CPU cores.
 bench: $(INSTALLED)
 	$(BIN)/python bench/allocators.py --db bench/runs/allocators.db --out bench/results/allocators-parts/base
-	$(BIN)/python bench/allocators.py --targets 0.6 --samplers bo-greedy was evopress --budgets 204800 \
+	$(BIN)/python bench/allocators.py --targets 0.6 --samplers bo-blend was evopress --budgets 204800 \
 		--db bench/runs/allocators.db --out bench/results/allocators-parts/4x
 	$(BIN)/python bench/allocators.py --merge bench/results/allocators-parts/base/allocators.json \
 		bench/results/allocators-parts/4x/allocators.json --out bench/results

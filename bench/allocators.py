@@ -56,10 +56,22 @@ from studies import (
 
 RESULTS = Path(__file__).parent / "results"
 RUNS = Path(__file__).parent / "runs"
-SAMPLERS = ("uniform", "greedy", "random", "tpe", "cmaes", "was", "evopress", "bo", "bo-greedy", "bo-blend")
-SINGLE = ("uniform", "greedy")
+SAMPLERS = (
+    "uniform",
+    "greedy",
+    "blend-uniform",
+    "random",
+    "tpe",
+    "cmaes",
+    "was",
+    "evopress",
+    "bo",
+    "bo-greedy",
+    "bo-blend",
+)
+SINGLE = ("uniform", "greedy", "blend-uniform")
 GREEDY_SPLIT = ("greedy", "bo-greedy")
-BLEND_SPLIT = ("bo-blend",)  # half greedy split, half uniform (the config's default blend weight)
+BLEND_SPLIT = ("blend-uniform", "bo-blend")  # half greedy split, half uniform (the config's default blend weight)
 BO_VARIANTS = ("bo", "bo-greedy", "bo-blend")
 BASE_BUDGET = 51_200  # today's: 50 evaluations of 1,024 tokens
 CORPORA = ("heldout", "ood")
@@ -96,7 +108,7 @@ def study_config(sampler: str, target: float, seed: int, budget: int, args: argp
             "split": "greedy" if sampler in GREEDY_SPLIT else "blend" if sampler in BLEND_SPLIT else "uniform",
             "greedy": {"sequences": args.greedy_sequences},
         },
-        "sampler": {"name": "bo" if sampler in BO_VARIANTS else sampler},
+        "sampler": {"name": "bo" if sampler in BO_VARIANTS else "uniform" if sampler == "blend-uniform" else sampler},
         "search": {
             "screen_sequences": args.screen,
             "promote_sequences": args.promote,
