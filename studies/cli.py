@@ -663,9 +663,10 @@ def study_report(name: str, out: Path, storage: str | None) -> None:
 def demo(out: Path, trials: int | None) -> None:
     """A complete study on the embedded SmolLM2 and pydoc corpus, with SQLite in OUT.
 
-    Calibrates, runs a `bo` study at 50% model-level sparsity, exports the best allocation, writes the
-    report, and compares the best allocation with uniform sparsity on the calibration (search) data and on
-    held-out data. Run it again to reuse what OUT holds (the calibration and the finished trials).
+    Calibrates, runs a `bo` study at 50% model-level sparsity over the blend site split, exports the
+    allocation chosen on validation data, writes the report, and compares it on held-out data with uniform
+    sparsity and TEAL's greedy-uniform (one trial each). Run it again to reuse what OUT holds (the
+    calibration and the finished trials).
     """
     import optuna
 
