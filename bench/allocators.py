@@ -70,8 +70,14 @@ SAMPLERS = (
     "bo-blend",
 )
 SINGLE = ("uniform", "greedy", "blend-uniform")
-GREEDY_SPLIT = ("greedy", "bo-greedy")
-BLEND_SPLIT = ("blend-uniform", "bo-blend")  # half greedy split, half uniform (the config's default blend weight)
+#: Benchmark names that are not a sampler's own name: (sampler, site split). Any other name is that sampler over
+#: the uniform split. ``blend``: half greedy split, half uniform (the config's default blend weight).
+VARIANTS = {
+    "greedy": ("greedy", "greedy"),
+    "blend-uniform": ("uniform", "blend"),
+    "bo-greedy": ("bo", "greedy"),
+    "bo-blend": ("bo", "blend"),
+}
 BO_VARIANTS = ("bo", "bo-greedy", "bo-blend")
 BASE_BUDGET = 51_200  # today's: 50 evaluations of 1,024 tokens
 CORPORA = ("heldout", "ood")
@@ -87,6 +93,7 @@ def study_name(sampler: str, target: float, seed: int, budget: int) -> str:
 
 
 def study_config(sampler: str, target: float, seed: int, budget: int, args: argparse.Namespace) -> dict[str, Any]:
+    name, split = VARIANTS.get(sampler, (sampler, "uniform"))
     return {
         "name": study_name(sampler, target, seed, budget),
         "model": "smollm2-135m",
@@ -105,10 +112,10 @@ def study_config(sampler: str, target: float, seed: int, budget: int, args: argp
             "target": target,
             "lower": 0.0,
             "upper": 0.9,
-            "split": "greedy" if sampler in GREEDY_SPLIT else "blend" if sampler in BLEND_SPLIT else "uniform",
+            "split": split,
             "greedy": {"sequences": args.greedy_sequences},
         },
-        "sampler": {"name": "bo" if sampler in BO_VARIANTS else "uniform" if sampler == "blend-uniform" else sampler},
+        "sampler": {"name": name},
         "search": {
             "screen_sequences": args.screen,
             "promote_sequences": args.promote,

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).parent))  # bench/allocators.py: the shared study protocol
 from allocators import BASE_BUDGET, CORPORA, RESULTS, RUNS, environment, study_config
@@ -156,20 +157,6 @@ def main() -> None:
     print(report(results))
 
 
-def _spearman(a: list[float], b: list[float]) -> float:
-    def ranks(values: list[float]) -> list[float]:
-        order = sorted(range(len(values)), key=values.__getitem__)
-        out = [0.0] * len(values)
-        for rank, i in enumerate(order):
-            out[i] = float(rank)
-        return out
-
-    ra, rb = ranks(a), ranks(b)
-    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
-    return cov / math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
-
-
 def _sequence_lines(rows: list[dict[str, Any]], names: list[str], seeds: list[int]) -> list[str]:
     """Whether the noise is independent per sequence: then the mean over n sequences has sd σ/√n."""
     by = {(r["name"], r["seed"]): r for r in rows}
@@ -271,7 +258,7 @@ def report(results: dict[str, Any]) -> str:
         lines.append(
             f"- {role}: median spread {statistics.median(spreads[role]):.1%} of perplexity (max "
             f"{max(spreads[role]):.1%}) over {len(seeds)} evaluations per allocation; recorded vs here, Spearman "
-            f"{_spearman(recorded, here):.3f} over {len(names)} allocations."
+            f"{spearmanr(recorded, here).statistic:.3f} over {len(names)} allocations."
         )
     lines += _sequence_lines(rows, names, seeds)
     lines += _goal_lines(rows, seeds)
