@@ -171,13 +171,18 @@ def same_target(a: float | None, b: float) -> bool:
     return a is not None and abs(a - b) <= _SAME_TARGET
 
 
+def known_target(targets: Iterable[float], target: float | None) -> float | None:
+    """The one of ``targets`` that ``target`` names, or None."""
+    return next((t for t in targets if same_target(target, t)), None)
+
+
 def target_of(trial: FrozenTrial, targets: Sequence[float]) -> float | None:
     """The study target ``trial`` meets (a single-target study's trials made before targets were recorded
     meet its only target), or None if its sampler has not given it one yet."""
     recorded = trial_target(trial)
     if recorded is None:
         return targets[0] if len(targets) == 1 else None
-    return next((t for t in targets if same_target(recorded, t)), None)
+    return known_target(targets, recorded)
 
 
 def trials_at(

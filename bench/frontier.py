@@ -113,7 +113,8 @@ def main() -> None:
         print((args.out / "frontier.md").read_text())
         return
     # The protocol of bench/allocators.py, unchanged.
-    args.seq_len, args.calibration_sequences, args.search_sequences, args.eval_sequences = 256, 64, 256, 16
+    args.seq_len, args.calibration_sequences, args.search_sequences = 256, 64, 256
+    args.validation_sequences, args.heldout_sequences = 16, 16
     args.greedy_sequences, args.screen, args.promote = 4, 4, [8]
     command = shlex.join(["python", "bench/frontier.py", *sys.argv[1:]])
     optuna.logging.set_verbosity(optuna.logging.WARNING)

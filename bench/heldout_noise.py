@@ -36,7 +36,7 @@ import torch
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).parent))  # bench/allocators.py: the shared study protocol
-from allocators import BASE_BUDGET, CORPORA, RESULTS, RUNS, environment, study_config
+from allocators import BASE_BUDGET, CORPORA, RESULTS, RUNS, environment, study_config, with_role_counts
 
 from storage import Database
 from studies import open_session, parse_config
@@ -46,8 +46,9 @@ EPSILON = 2.0**-23
 
 def _settings(results: dict[str, Any]) -> argparse.Namespace:
     """The data and search settings the results file was measured with (so the tokens are the same)."""
-    keys = ("seq_len", "calibration_sequences", "search_sequences", "eval_sequences", "greedy_sequences")
-    return argparse.Namespace(**{k: results["settings"][k] for k in keys}, screen=4, promote=[8])
+    keys = ("seq_len", "calibration_sequences", "search_sequences", "validation_sequences", "heldout_sequences")
+    settings = with_role_counts(results["settings"])
+    return argparse.Namespace(**{k: settings[k] for k in (*keys, "greedy_sequences")}, screen=4, promote=[8])
 
 
 @torch.no_grad()

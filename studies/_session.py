@@ -51,6 +51,7 @@ from allocator import (
     load_text,
     make_token_sets,
 )
+from allocator import trial_attributes as attrs
 from storage import Database
 from studies._config import SparsityConfig, StudyConfig
 
@@ -122,9 +123,9 @@ class StudySession:
         """The constraint space of ``target`` (None: the study's only, or lowest, target)."""
         if target is None:
             return self.space
-        for known, space in self.spaces.items():
-            if abs(known - target) <= 1e-12:
-                return space
+        known = attrs.known_target(self.spaces, target)
+        if known is not None:
+            return self.spaces[known]
         raise InputError(
             f"Study {self.config.name!r} has no target {target}; its targets are "
             f"{', '.join(f'{t:g}' for t in self.spaces)}."

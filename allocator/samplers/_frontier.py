@@ -79,7 +79,7 @@ def next_in_turn(study: Study, targets: Sequence[float], *, exclude: int | None 
 
 
 def find_target(targets: Sequence[float], target: float) -> float:
-    found = next((t for t in targets if attrs.same_target(target, t)), None)
+    found = attrs.known_target(targets, target)
     if found is None:
         raise InputError(f"The study has no target {target}; its targets are {', '.join(f'{t:g}' for t in targets)}.")
     return found
