@@ -402,14 +402,15 @@ def goal_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     for r in results["runs"]:
         if r["sampler"] not in BO_VARIANTS or ("greedy", r["target"]) not in single:
             continue
+        greedy_run = single[("greedy", r["target"])]
         for role in CORPORA:
-            greedy = single[("greedy", r["target"])][role]["degradation"]
+            greedy = greedy_run[role]["degradation"]
             anchors = [by.get((a, r["target"], r["seed"], r["budget"])) for a in ("was", "evopress")]
             anchor = min((a[role]["degradation"] for a in anchors if a), default=None)
             reduction = 1.0 - r[role]["degradation"] / greedy
             interval = reduction_interval(
                 r[role].get("sequence_nll", []),
-                single[("greedy", r["target"])][role].get("sequence_nll", []),
+                greedy_run[role].get("sequence_nll", []),
                 results["dense"][role].get("sequence_nll", []),
             )
             rows.append(

@@ -46,9 +46,16 @@ EPSILON = 2.0**-23
 
 def _settings(results: dict[str, Any]) -> argparse.Namespace:
     """The data and search settings the results file was measured with (so the tokens are the same)."""
-    keys = ("seq_len", "calibration_sequences", "search_sequences", "validation_sequences", "heldout_sequences")
+    keys = (
+        "seq_len",
+        "calibration_sequences",
+        "search_sequences",
+        "validation_sequences",
+        "heldout_sequences",
+        "greedy_sequences",
+    )
     settings = with_role_counts(results["settings"])
-    return argparse.Namespace(**{k: settings[k] for k in (*keys, "greedy_sequences")}, screen=4, promote=[8])
+    return argparse.Namespace(**{k: settings[k] for k in keys}, screen=4, promote=[8])
 
 
 @torch.no_grad()
