@@ -86,11 +86,16 @@ REDUCTION_GOAL = 0.25
 
 
 def study_name(sampler: str, target: float, seed: int, budget: int) -> str:
-    if budget == BASE_BUDGET or sampler in SINGLE:
+    if spent_budget(sampler, budget) == BASE_BUDGET:
         scale = ""
     else:
         scale = f"-x{budget // BASE_BUDGET}" if budget % BASE_BUDGET == 0 else f"-b{budget}"
     return f"{sampler}-{round(target * 100)}-s{seed}{scale}"
+
+
+def spent_budget(sampler: str, budget: int) -> int:
+    """The budget a study is run at: one evaluation (filed under the base budget) for the single allocations."""
+    return BASE_BUDGET if sampler in SINGLE else budget
 
 
 def study_config(sampler: str, target: float, seed: int, budget: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -120,7 +125,8 @@ def study_config(sampler: str, target: float, seed: int, budget: int, args: argp
         "search": {
             "screen_sequences": args.screen,
             "promote_sequences": args.promote,
-            "budget_tokens": budget,
+            # One evaluation whatever the budget: the same study for every --budgets, so invocations share it.
+            "budget_tokens": spent_budget(sampler, budget),
             "validation_candidates": 3,
         },
         "trials": 1 if sampler in SINGLE else 1000,
@@ -260,7 +266,15 @@ def main() -> None:
                         print(f"{name:<22} not finished in this database; skipped", flush=True)
                         continue
                     run = run_one(database, study_config(sampler, target, seed, budget, args), dense, args.thresholds)
-                    runs.append({**run, "sampler": sampler, "target": target, "seed": seed, "budget": budget})
+                    runs.append(
+                        {
+                            **run,
+                            "sampler": sampler,
+                            "target": target,
+                            "seed": seed,
+                            "budget": spent_budget(sampler, budget),
+                        }
+                    )
                     print(
                         f"{run['name']:<22} tokens {run['tokens']:>7,} trials {run['trials']:>3}  held-out "
                         f"{run['heldout']['perplexity']:.3f} ({run['heldout']['degradation']:+.1%}) ood "
@@ -351,7 +365,8 @@ def merge_results(paths: list[Path], command: str) -> dict[str, Any]:
         if part["settings"]["db"] != first["settings"]["db"]:
             raise SystemExit(f"{path}: another database; figures of different runs do not compare (see environment()).")
         for run in part["runs"]:
-            key = f"{run['name']}@{run['budget']}"
+            run = {**run, "budget": spent_budget(run["sampler"], run["budget"])}
+            key = run["name"]  # names carry the budget's scale (study_name)
             if key in runs and abs(runs[key]["heldout"]["perplexity"] - run["heldout"]["perplexity"]) > 1e-6:
                 raise SystemExit(f"{run['name']}: two files disagree.")
             runs[key] = run
