@@ -350,35 +350,65 @@ COMPARABLE = (
 )
 
 
+def databases_of(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each database a results file measured in, with its dense figures and environment.
+
+    One invocation runs in one database (``settings["db"]``); a merge of several keeps them apart
+    (``databases``), because hosts round the same tokens differently and only figures of one database compare.
+    """
+    if "databases" in results:
+        return results["databases"]
+    dbs = results["settings"]["db"]
+    if len(dbs) != 1:
+        raise SystemExit(f"a results file of {len(dbs)} databases without their dense figures: {dbs}")
+    return {dbs[0]: {"dense": results["dense"], "environment": results.get("environment")}}
+
+
+def run_database(results: dict[str, Any], run: dict[str, Any]) -> str:
+    """The database ``run`` was measured in (files of one invocation do not name it on each run)."""
+    return run.get("db") or next(iter(databases_of(results)))
+
+
 def merge_results(paths: list[Path], command: str) -> dict[str, Any]:
-    """One result from several invocations' files: runs joined by name; settings and dense figures must agree."""
+    """One result from several invocations' files: runs joined by (database, study name).
+
+    Settings must agree everywhere. Parts may come from several databases (each lost with its machine, the
+    grid was finished on others): each run keeps its database, the parts of one database must agree on its dense
+    figures, and every comparison the report makes (reductions, anchors) stays within one database.
+    """
     parts = [json.loads(path.read_text()) for path in paths]
     first = parts[0]
-    runs: dict[str, dict[str, Any]] = {}
+    runs: dict[tuple[str, str], dict[str, Any]] = {}
+    databases: dict[str, dict[str, Any]] = {}
     for path, part in zip(paths, parts, strict=True):
         ours, theirs = with_role_counts(part["settings"]), with_role_counts(first["settings"])
         for key in COMPARABLE:
             if ours[key] != theirs[key]:
                 raise SystemExit(f"{path}: {key} is {ours[key]}, not {theirs[key]}.")
-        if json.dumps(part["dense"], sort_keys=True) != json.dumps(first["dense"], sort_keys=True):
-            raise SystemExit(f"{path}: the dense model's figures differ; not the same tokens.")
-        if part["settings"]["db"] != first["settings"]["db"]:
-            raise SystemExit(f"{path}: another database; figures of different runs do not compare (see environment()).")
+        for db, info in databases_of(part).items():
+            known = databases.setdefault(db, {**info, "merged_from": []})
+            if json.dumps(known["dense"], sort_keys=True) != json.dumps(info["dense"], sort_keys=True):
+                raise SystemExit(f"{path}: the dense figures of {db} differ from another part's; not the same run.")
+            known["merged_from"].append(str(path))
         for run in part["runs"]:
-            run = {**run, "budget": spent_budget(run["sampler"], run["budget"])}
-            key = run["name"]  # names carry the budget's scale (study_name)
+            run = {**run, "db": run_database(part, run), "budget": spent_budget(run["sampler"], run["budget"])}
+            key = (run["db"], run["name"])  # names carry the budget's scale (study_name)
             if key in runs and abs(runs[key]["heldout"]["perplexity"] - run["heldout"]["perplexity"]) > 1e-6:
-                raise SystemExit(f"{run['name']}: two files disagree.")
+                raise SystemExit(f"{run['name']} in {run['db']}: two files disagree.")
             runs[key] = run
     return {
         "command": command,
-        **({"environment": first["environment"]} if "environment" in first else {}),
-        "settings": {**first["settings"], "db": sorted({db for p in parts for db in p["settings"]["db"]})},
-        "dense": first["dense"],
+        "settings": {**first["settings"], "db": sorted(databases)},
+        "databases": databases,
         "runs": list(runs.values()),
         "seconds": sum(p["seconds"] for p in parts),
         "merged_from": [str(p) for p in paths],
     }
+
+
+def _label(db: str) -> str:
+    """A database's short name in the report (its file name)."""
+    return Path(db).name
 
 
 def _pct(value: float | None) -> str:
@@ -410,27 +440,33 @@ def reduction_interval(
 
 
 def goal_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 12's goal, per bo variant, budget, target, seed and held-out corpus."""
-    by = {(r["sampler"], r["target"], r["seed"], r["budget"]): r for r in results["runs"]}
-    single = {(r["sampler"], r["target"]): r for r in results["runs"] if r["sampler"] in SINGLE}
+    """Issue 12's goal, per bo variant, budget, target, seed and held-out corpus, each row against the
+    greedy-uniform, ``was`` and ``evopress`` of its own database."""
+    databases = databases_of(results)
+    by = {(run_database(results, r), r["sampler"], r["target"], r["seed"], r["budget"]): r for r in results["runs"]}
+    single = {
+        (run_database(results, r), r["sampler"], r["target"]): r for r in results["runs"] if r["sampler"] in SINGLE
+    }
     rows = []
     for r in results["runs"]:
-        if r["sampler"] not in BO_VARIANTS or ("greedy", r["target"]) not in single:
+        db = run_database(results, r)
+        if r["sampler"] not in BO_VARIANTS or (db, "greedy", r["target"]) not in single:
             continue
-        greedy_run = single[("greedy", r["target"])]
+        greedy_run = single[(db, "greedy", r["target"])]
         for role in CORPORA:
             greedy = greedy_run[role]["degradation"]
-            anchors = [by.get((a, r["target"], r["seed"], r["budget"])) for a in ("was", "evopress")]
+            anchors = [by.get((db, a, r["target"], r["seed"], r["budget"])) for a in ("was", "evopress")]
             anchor = min((a[role]["degradation"] for a in anchors if a), default=None)
             reduction = 1.0 - r[role]["degradation"] / greedy
             interval = reduction_interval(
                 r[role].get("sequence_nll", []),
                 greedy_run[role].get("sequence_nll", []),
-                results["dense"][role].get("sequence_nll", []),
+                databases[db]["dense"][role].get("sequence_nll", []),
             )
             rows.append(
                 {
                     "variant": r["sampler"],
+                    "database": db,
                     "budget": r["budget"],
                     "target": r["target"],
                     "seed": r["seed"],
@@ -445,7 +481,7 @@ def goal_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "goal_anchor": None if anchor is None else r[role]["degradation"] < anchor,
                 }
             )
-    return rows
+    return sorted(rows, key=lambda g: (SAMPLERS.index(g["variant"]), g["budget"], -g["target"], g["seed"]))
 
 
 def write_outputs(results: dict[str, Any], out: Path, suffix: str = "", *, echo: bool = True) -> None:
@@ -463,29 +499,40 @@ def write_outputs(results: dict[str, Any], out: Path, suffix: str = "", *, echo:
         "by validation KL; held-out figures at exactly the target sparsity (measured sparsity columns). "
         f"Took {results['seconds'] / 3600:.2f} h; databases {', '.join(f'`{db}`' for db in s['db'])}.",
         "",
-        "Dense: " + ", ".join(f"{role} perplexity {d['perplexity']:.3f}" for role, d in results["dense"].items()),
-        "",
     ]
-    if "environment" in results:
-        env = results["environment"]
-        packages = ", ".join(f"{name} {v}" for name, v in env["packages"].items() if v)
-        lines += [f"Environment: {env['platform']}, {env['torch_threads']} torch threads; {packages}.", ""]
-    groups: dict[tuple[int, float], dict[str, list[dict[str, Any]]]] = {}
+    databases = databases_of(results)
+    if len(databases) > 1:
+        lines += [
+            "The studies ran in several databases, each on its own machine (a database was lost with its machine "
+            "before the grid was done). Hosts round the same tokens differently in the last bits, and hard "
+            "thresholds turn that into figures a few percent apart (`heldout_noise.md`), so every row names its "
+            "database and every comparison (reductions, anchors) is made within one database.",
+            "",
+        ]
+    for db, info in databases.items():
+        dense = ", ".join(f"{role} perplexity {d['perplexity']:.3f}" for role, d in info["dense"].items())
+        env = info.get("environment")
+        where = ""
+        if env:
+            packages = ", ".join(f"{name} {v}" for name, v in env["packages"].items() if v)
+            where = f" Environment: {env['platform']}, {env['torch_threads']} torch threads; {packages}."
+        lines += [f"`{_label(db)}`: dense {dense}.{where}", ""]
+    groups: dict[tuple[int, float], dict[tuple[str, str], list[dict[str, Any]]]] = {}
     for r in results["runs"]:
         budget = BASE_BUDGET if r["sampler"] in SINGLE else r["budget"]
-        groups.setdefault((budget, r["target"]), {}).setdefault(r["sampler"], []).append(r)
+        groups.setdefault((budget, r["target"]), {}).setdefault((r["sampler"], run_database(results, r)), []).append(r)
     for (budget, target), per_sampler in sorted(groups.items()):
         lines += [
             f"## Target {target:.0%}, budget {budget:,} forward tokens per study",
             "",
-            "| allocator | seeds | tokens used | held-out degradation (median, range) | held-out KL | measured "
-            "| out-of-domain degradation (median, range) | out-of-domain KL | measured |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| allocator | database | seeds | tokens used | held-out degradation (median, range) | held-out KL "
+            "| measured | out-of-domain degradation (median, range) | out-of-domain KL | measured |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for sampler in SAMPLERS:
-            if sampler not in per_sampler:
-                continue
-            m = summarise(per_sampler[sampler])
+        for (sampler, db), runs in sorted(
+            per_sampler.items(), key=lambda item: (SAMPLERS.index(item[0][0]), item[0][1])
+        ):
+            m = summarise(runs)
             cells = []
             for role in CORPORA:
                 d, kl, ms = m[f"{role}_degradation"], m[f"{role}_kl"], m[f"{role}_measured_sparsity"]
@@ -494,22 +541,25 @@ def write_outputs(results: dict[str, Any], out: Path, suffix: str = "", *, echo:
                     f"{kl['median']:.4f}",
                     f"{ms['min']:.4f}–{ms['max']:.4f}",
                 ]
-            lines.append(f"| {sampler} | {m['seeds']} | {max(m['tokens']):,} | " + " | ".join(cells) + " |")
+            seeds = ", ".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
+            lines.append(f"| {sampler} | `{_label(db)}` | {seeds} | {max(m['tokens']):,} | " + " | ".join(cells) + " |")
         lines.append("")
     rows = goal_rows(results)
     lines += [
         "## Issue 12's goal, seed by seed",
         "",
         "Held-out perplexity degradation vs dense, at exactly the target sparsity. The goal: `bo` at least "
-        f"{REDUCTION_GOAL:.0%} below greedy-uniform and below both `was` and `evopress` (same seed, same budget), "
+        f"{REDUCTION_GOAL:.0%} below greedy-uniform and below both `was` and `evopress` (same seed, same budget, "
+        "same database), "
         "on both held-out corpora. The interval: 90% of a paired bootstrap over the held-out sequences "
         "(how much the reduction depends on which text was drawn).",
         "",
-        "| variant | budget | target | seed | corpus | greedy | best of was/evopress | bo | measured | reduction "
-        "vs greedy | 90% interval | ≥ 25% | beats both |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | database | budget | target | seed | corpus | greedy | best of was/evopress | bo | measured "
+        "| reduction vs greedy | 90% interval | ≥ 25% | beats both |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *[
-            f"| {g['variant']} | {g['budget']:,} | {g['target']:.0%} | {g['seed']} | {g['corpus']} | "
+            f"| {g['variant']} | `{_label(g['database'])}` | {g['budget']:,} | {g['target']:.0%} | {g['seed']} | "
+            f"{g['corpus']} | "
             f"{_pct(g['greedy'])} | {_pct(g['anchor'])} | {_pct(g['bo'])} | {g['measured']:.4f} | "
             f"{g['reduction']:.1%} | {_interval(g.get('interval'))} | {'yes' if g['goal_greedy'] else '**no**'} | "
             f"{'—' if g['goal_anchor'] is None else 'yes' if g['goal_anchor'] else '**no**'} |"
