@@ -19,7 +19,9 @@ reach on each corpus) reported too.
 
 Run: ``python bench/allocators.py`` (hours on 2 CPU cores; ``--quick`` for a smoke run). Writes
 ``allocators.{json,md}`` into ``--out``; split invocations (``--targets``, ``--seeds``, ``--samplers``,
-``--budgets``) are joined with ``--merge``.
+``--budgets``) are joined with ``--merge``, also across databases (machines): each run then keeps its database,
+and every comparison (reductions, anchors) is made against the uniform, greedy-uniform, ``was`` and ``evopress``
+studies of its own database.
 """
 
 from __future__ import annotations
@@ -288,7 +290,8 @@ def main() -> None:
 def environment() -> dict[str, Any]:
     """What the figures may depend on beyond the code. The same allocation, on the same tokens with the same
     dense figures, read differently in two runs on different machines, databases and installs (uniform at 60%,
-    held-out: +195.3% and +205.2%; cause not found), so only figures of one run compare."""
+    held-out: +195.3% and +205.2%; float32 rounding on other hosts, bench/results/heldout_noise.md), so only
+    figures of one database compare."""
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
