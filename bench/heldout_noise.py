@@ -36,7 +36,16 @@ import torch
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).parent))  # bench/allocators.py: the shared study protocol
-from allocators import BASE_BUDGET, CORPORA, RESULTS, RUNS, environment, study_config, with_role_counts
+from allocators import (
+    BASE_BUDGET,
+    CORPORA,
+    RESULTS,
+    RUNS,
+    databases_of,
+    environment,
+    study_config,
+    with_role_counts,
+)
 
 from storage import Database
 from studies import open_session, parse_config
@@ -87,7 +96,8 @@ def _load_runs(paths: list[Path], targets: list[float], samplers: list[str] | No
     sources = []
     for path in paths:
         source = json.loads(path.read_text())
-        sources.append({"file": str(path), "environment": source.get("environment"), "dense": source["dense"]})
+        for db, info in databases_of(source).items():  # a merged file may span databases
+            sources.append({"file": f"{path} ({db})", "environment": info.get("environment"), "dense": info["dense"]})
         for run in source["runs"]:
             if any(abs(run["target"] - t) < 1e-9 for t in targets) and (not samplers or run["sampler"] in samplers):
                 runs.setdefault(run["name"], {**run, "settings": _settings(source)})
