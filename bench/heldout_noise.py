@@ -2,9 +2,9 @@
 
 Why: the same uniform allocation at 60%, on the same tokens, read +205.2% held-out degradation in one run
 (`bench/results/allocators-parts/objective/allocators.md`) and +195.3% in another, on machines whose dense
-perplexities agree to seven digits and whose package versions are the same. The runs differ in the host (the platform string): CPU kernels
-round differently, and hard thresholds turn last-bit differences into different zeroed inputs, which compound
-over 30 blocks. This benchmark measures that effect instead of guessing it:
+perplexities agree to seven digits and whose package versions are the same. The runs differ in the host (the
+platform string): CPU kernels round differently, and hard thresholds turn last-bit differences into different
+zeroed inputs, which compound over 30 blocks. This benchmark measures that effect instead of guessing it:
 
 * ``here``: each allocation of a results file (its chosen ``vector``) evaluated on this machine, on the same
   held-out and out-of-domain sequences, at exactly its target (``quantile`` rule), next to the figure the file
