@@ -91,7 +91,8 @@ def _figures(session: Any, vector: list[float], role: str, dense: float) -> dict
 
 
 def _load_runs(paths: list[Path], targets: list[float], samplers: list[str] | None) -> tuple[list[dict], list[dict]]:
-    """The chosen allocations of every results file (first file wins a name), and each file's provenance."""
+    """The chosen allocations of every results file (the first file, and a merged file's first database, wins a
+    name), and the provenance of each file's databases."""
     runs: dict[str, dict[str, Any]] = {}
     sources = []
     for path in paths:
