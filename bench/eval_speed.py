@@ -12,12 +12,14 @@ Run: ``python bench/eval_speed.py`` (``--quick`` for a smoke run). Writes bench/
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
+import sys
 import time
 from pathlib import Path
+from typing import Any
+
+if str(Path(__file__).parents[1]) not in sys.path:  # run as ``python bench/eval_speed.py``: the root, for bench/
+    sys.path.insert(0, str(Path(__file__).parents[1]))
 
 import torch
 
@@ -31,13 +33,14 @@ from allocator import (
     load_text,
     make_token_sets,
 )
+from bench._common import RESULTS, machine, results_name, write_results
+from bench._timing import dense_body_seconds
 
-RESULTS = Path(__file__).parent / "results"
 LEVELS = (0.0, 0.25, 0.40, 0.50, 0.60, 0.70)
 
 
 @torch.no_grad()
-def dense_eval_seconds(adapter, tokens: torch.Tensor, batch_size: int) -> float:
+def dense_eval_seconds(adapter: Any, tokens: torch.Tensor, batch_size: int) -> float:
     """One dense perplexity pass (body + chunked head) with no hooks installed at all."""
     started = time.perf_counter()
     for start in range(0, tokens.shape[0], batch_size):
@@ -45,15 +48,8 @@ def dense_eval_seconds(adapter, tokens: torch.Tensor, batch_size: int) -> float:
     return time.perf_counter() - started
 
 
-@torch.no_grad()
-def dense_body_seconds(adapter, tokens: torch.Tensor, batch_size: int) -> float:
-    started = time.perf_counter()
-    for start in range(0, tokens.shape[0], batch_size):
-        adapter.body(input_ids=tokens[start : start + batch_size], use_cache=False)
-    return time.perf_counter() - started
-
-
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's command line (its ``--help`` is the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="Few tokens, one repeat: a smoke run.")
     parser.add_argument("--repeats", type=int, default=3)
@@ -61,7 +57,12 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    """Time the passes, measure held-out perplexity at uniform sparsity; write eval_speed{,_quick}.{json,md}."""
+    args = build_parser().parse_args()
     if args.quick:
         args.repeats, args.sequences, args.seq_len = 1, 4, 128
 
@@ -75,7 +76,35 @@ def main() -> None:
     adapter, tokens = loaded.adapter, split.calibration
     print(f"SmolLM2-135M: {tokens.numel():,} calibration tokens, batch {args.batch_size}")
     dense_body_seconds(adapter, tokens[: args.batch_size], args.batch_size)  # warm-up
+    rows, calibration = _timed_repeats(loaded, tokens, args)
+    median = {key: statistics.median(values) for key, values in rows.items()}
+    ratios = {
+        "sparse_eval_over_dense_eval": median["sparse_eval"] / median["dense_eval"],
+        "calibration_over_dense_eval": median["calibration"] / median["dense_eval"],
+        "calibration_over_dense_body": median["calibration"] / median["dense_body"],
+        "weight_aware_calibration_over_dense_body": median["calibration_weight_aware"] / median["dense_body"],
+    }
+    heldout = _heldout_uniform(Objective(SparseModel(adapter, calibration), batch_size=args.batch_size), split)
+    result = {
+        "benchmark": "eval_speed",
+        "model": "smollm2-135m",
+        "data": split.describe(),
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "machine": machine("cpus", "torch_threads", "torch", "platform"),
+        "seconds": rows,
+        "median_seconds": median,
+        "ratios": ratios,
+        "heldout_uniform": heldout,
+    }
+    markdown = _markdown(result, int(tokens.numel()), split.heldout.shape[0], args)
+    write_results(args.out, results_name("eval_speed", args.quick), result, markdown)
 
+
+def _timed_repeats(loaded: Any, tokens: torch.Tensor, args: argparse.Namespace) -> tuple[dict[str, list[float]], Any]:
+    """Seconds of each pass, repeat by repeat (interleaved, so a change of machine load touches them all), and
+    the last magnitude calibration."""
+    adapter = loaded.adapter
     rows: dict[str, list[float]] = {
         key: [] for key in ("dense_eval", "dense_body", "sparse_eval", "calibration", "calibration_weight_aware")
     }
@@ -90,15 +119,12 @@ def main() -> None:
         objective = Objective(SparseModel(adapter, calibration), batch_size=args.batch_size)
         rows["sparse_eval"].append(objective.evaluate(0.5, tokens, rule="threshold").seconds)
         print(f"repeat {repeat + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in rows.items()))
-    median = {key: statistics.median(values) for key, values in rows.items()}
-    ratios = {
-        "sparse_eval_over_dense_eval": median["sparse_eval"] / median["dense_eval"],
-        "calibration_over_dense_eval": median["calibration"] / median["dense_eval"],
-        "calibration_over_dense_body": median["calibration"] / median["dense_body"],
-        "weight_aware_calibration_over_dense_body": median["calibration_weight_aware"] / median["dense_body"],
-    }
     assert calibration is not None
-    objective = Objective(SparseModel(adapter, calibration), batch_size=args.batch_size)
+    return rows, calibration
+
+
+def _heldout_uniform(objective: Objective, split: Any) -> list[dict[str, float]]:
+    """Held-out perplexity and measured sparsity at each uniform level."""
     heldout = []
     for level in LEVELS:
         evaluation = objective.evaluate(level, split.heldout, rule="threshold")
@@ -106,27 +132,12 @@ def main() -> None:
             {"sparsity": level, "perplexity": evaluation.perplexity, "measured_sparsity": evaluation.measured_sparsity}
         )
         print(f"held-out @ {level:.2f}: ppl {evaluation.perplexity:.3f}, measured {evaluation.measured_sparsity:.4f}")
+    return heldout
 
-    result = {
-        "benchmark": "eval_speed",
-        "model": "smollm2-135m",
-        "data": split.describe(),
-        "batch_size": args.batch_size,
-        "repeats": args.repeats,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "platform": platform.platform(),
-        },
-        "seconds": rows,
-        "median_seconds": median,
-        "ratios": ratios,
-        "heldout_uniform": heldout,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
-    (args.out / f"eval_speed{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
+
+def _markdown(result: dict[str, Any], n_tokens: int, n_heldout: int, args: argparse.Namespace) -> str:
+    """The report: the ratios against their goals, then held-out perplexity at uniform sparsity."""
+    median, ratios = result["median_seconds"], result["ratios"]
     table = [
         ("dense evaluation pass (body + LM head, no hooks)", "dense_eval", "1.000", ""),
         ("sparse evaluation at uniform 50%", "sparse_eval", f"{ratios['sparse_eval_over_dense_eval']:.3f}", "<= 1.10"),
@@ -153,22 +164,24 @@ def main() -> None:
     lines = [
         "# Evaluation speed on SmolLM2-135M",
         "",
-        f"`python bench/eval_speed.py` — {tokens.numel():,} calibration tokens ({args.sequences} x {args.seq_len}), "
+        f"`python bench/eval_speed.py` — {n_tokens:,} calibration tokens ({args.sequences} x {args.seq_len}), "
         f"batch {args.batch_size}, {torch.get_num_threads()} threads, median of {args.repeats} interleaved repeats.",
         "",
         "| measure | median s | ratio | goal |",
         "|---|---|---|---|",
         *[f"| {label} | {median[key]:.2f} | {ratio} | {goal} |" for label, key, ratio, goal in table],
         "",
-        f"Held-out perplexity ({split.heldout.shape[0]} x {args.seq_len} tokens, topics disjoint from calibration):",
+        f"Held-out perplexity ({n_heldout} x {args.seq_len} tokens, topics disjoint from calibration):",
         "",
         "| uniform sparsity | held-out ppl | measured sparsity |",
         "|---|---|---|",
-        *[f"| {row['sparsity']:.2f} | {row['perplexity']:.3f} | {row['measured_sparsity']:.4f} |" for row in heldout],
+        *[
+            f"| {row['sparsity']:.2f} | {row['perplexity']:.3f} | {row['measured_sparsity']:.4f} |"
+            for row in result["heldout_uniform"]
+        ],
         "",
     ]
-    (args.out / f"eval_speed{suffix}.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -25,23 +25,25 @@ finished studies). Writes ``frontier.{json,md}`` into ``--out`` after every stud
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+if str(Path(__file__).parents[1]) not in sys.path:  # run as ``python bench/frontier.py``: the root, for bench/
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+
 import optuna
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # bench/allocators.py: the shared study protocol
-from allocators import BASE_BUDGET, CORPORA, RESULTS, RUNS, dense_figures, figures, run_one, study_config
-
 from allocator.samplers import TargetView
+from bench._common import RESULTS, RUNS, MergeRule, merge_parts, write_results
+from bench._protocol import BASE_BUDGET, CORPORA, dense_figures, figures, run_one, study_config
 from storage import Database
 from studies import (
     create_study,
@@ -56,6 +58,8 @@ from studies import (
 
 TARGETS = (0.4, 0.5, 0.6, 0.7)
 BETWEEN = (0.45, 0.55, 0.65)
+#: The three kinds of entries of a frontier results file, each a dict by key.
+SECTIONS = ("baselines", "single", "frontier")
 
 
 def frontier_run(database: Database, args: argparse.Namespace, seed: int, dense: dict) -> dict[str, Any]:
@@ -93,7 +97,8 @@ def frontier_run(database: Database, args: argparse.Namespace, seed: int, dense:
     return run
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's command line (its ``--help`` is the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budget", type=int, default=BASE_BUDGET, help="B: forward tokens of one single-target study.")
@@ -107,7 +112,12 @@ def main() -> None:
         help="What this invocation runs (several invocations may share one --db; join them with --merge).",
     )
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON", help="Join these frontier.json files.")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    """Run the parts the options select (or join results files with ``--merge``); write frontier.{json,md}."""
+    args = build_parser().parse_args()
     if args.merge:
         write_outputs(merge_results(args.merge), args.out)
         print((args.out / "frontier.md").read_text())
@@ -127,27 +137,24 @@ def main() -> None:
     dense = dense_figures(database, args)
     results: dict[str, Any] = {"command": command, "db": str(db_path), "budget": args.budget, "dense": dense}
     results.update(baselines={}, single={}, frontier={})
-
-    def save() -> None:
+    for _ in _studies(database, args, dense, results):
         results["seconds"] = time.perf_counter() - started
         write_outputs(results, args.out)
+    results["seconds"] = time.perf_counter() - started
+    write_outputs(results, args.out)
+    print((args.out / "frontier.md").read_text())
 
-    def baselines() -> None:
-        for sampler in ("greedy", "uniform"):
-            for target in (*TARGETS, *BETWEEN):
-                run = run_one(database, study_config(sampler, target, 0, args.budget, args), dense, False)
-                results["baselines"][f"{sampler}@{target:g}"] = run
-                print(f"{run['name']:<22} held-out {run['heldout']['degradation']:+.1%}", flush=True)
-            save()
 
+def _studies(database: Database, args: argparse.Namespace, dense: dict, results: dict[str, Any]) -> Iterator[None]:
+    """Run the selected parts seed by seed into ``results``, yielding whenever there is something new to save."""
     for seed in args.seeds:
         if "frontier" in args.parts:
             run = frontier_run(database, args, seed, dense)
             results["frontier"][str(seed)] = run
             print(f"{run['name']:<22} tokens {run['tokens']:,}", flush=True)
-            save()
+            yield
         if "baselines" in args.parts and not results["baselines"]:
-            baselines()
+            yield from _baselines(database, args, dense, results)
         if "single" not in args.parts:
             continue
         for target in TARGETS:
@@ -156,25 +163,58 @@ def main() -> None:
             print(
                 f"{run['name']:<22} tokens {run['tokens']:,} held-out {run['heldout']['degradation']:+.1%}", flush=True
             )
-            save()
-    save()
-    print((args.out / "frontier.md").read_text())
+            yield
+
+
+def _baselines(database: Database, args: argparse.Namespace, dense: dict, results: dict[str, Any]) -> Iterator[None]:
+    """Greedy-uniform and uniform at every target and in between, one evaluation each; yields once per kind."""
+    for sampler in ("greedy", "uniform"):
+        for target in (*TARGETS, *BETWEEN):
+            run = run_one(database, study_config(sampler, target, 0, args.budget, args), dense, False)
+            results["baselines"][f"{sampler}@{target:g}"] = run
+            print(f"{run['name']:<22} held-out {run['heldout']['degradation']:+.1%}", flush=True)
+        yield
+
+
+def _check_benchmark(path: Path, part: dict[str, Any], first: dict[str, Any]) -> None:
+    """Refuse a part of another budget or with other dense figures: not the same benchmark."""
+    if part["budget"] != first["budget"] or part["dense"] != first["dense"]:
+        raise SystemExit(f"{path}: another budget or other dense figures; not the same benchmark.")
+
+
+def _entries(part: dict[str, Any]) -> Iterator[tuple[tuple[str, str], Any]]:
+    """A part's entries keyed by (section, key): its baselines, single-target runs and frontier runs."""
+    for section in SECTIONS:
+        for key, entry in part[section].items():
+            yield (section, key), entry
+
+
+#: The invocations of one frontier benchmark share one database and ran side by side on one machine: one
+#: database only (its report compares entries without naming their database), and the longest part's seconds
+#: are the wall time (bench/allocators.py sums its parts', run one after another or on other machines).
+MERGE_RULE = MergeRule(
+    check=_check_benchmark,
+    databases=lambda part: {part["db"]: {"dense": part["dense"]}},
+    entries=_entries,
+    several_databases=False,
+    seconds=max,
+)
 
 
 def merge_results(paths: list[Path]) -> dict[str, Any]:
-    """One result from invocations that ran different parts on one database (same budget and dense figures)."""
-    parts = [json.loads(path.read_text()) for path in paths]
-    merged = {**parts[0], "baselines": {}, "single": {}, "frontier": {}, "merged_from": [str(p) for p in paths]}
-    merged["command"] = " ; ".join(part["command"] for part in parts)
-    for path, part in zip(paths, parts, strict=True):
-        if part["budget"] != merged["budget"] or part["dense"] != merged["dense"]:
-            raise SystemExit(f"{path}: another budget or other dense figures; not the same benchmark.")
-        if part["db"] != merged["db"]:
-            raise SystemExit(f"{path}: another database; figures of different runs do not compare.")
-        for key in ("baselines", "single", "frontier"):
-            merged[key].update(part[key])
-    merged["seconds"] = max(part.get("seconds", 0) for part in parts)  # the invocations ran side by side
-    return merged
+    """One result from invocations that ran different parts on one database (same budget and dense figures).
+
+    The rule (:data:`MERGE_RULE`): a part of another database is refused, a later part's entry replaces an
+    earlier one's, and the merged seconds are the longest part's (the invocations ran side by side).
+    """
+    merged = merge_parts(paths, MERGE_RULE)
+    parts = merged.parts
+    result = {**parts[0], **{section: {} for section in SECTIONS}, "merged_from": merged.merged_from}
+    result["command"] = " ; ".join(part["command"] for part in parts)
+    for (section, key), entry in merged.entries.items():
+        result[section][key] = entry
+    result["seconds"] = merged.seconds
+    return result
 
 
 def _median(values: list[float]) -> float | None:
@@ -214,8 +254,7 @@ def table(results: dict[str, Any], role: str) -> list[str]:
 
 
 def write_outputs(results: dict[str, Any], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "frontier.json").write_text(json.dumps(results, indent=1, default=float))
+    """Write ``frontier.json`` (``results``) and its report ``frontier.md`` into ``out``."""
     dense = results["dense"]
     lines = [
         "# One study, the whole frontier (SmolLM2-135M)",
@@ -235,7 +274,8 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
         lines += [f"## {title}", "", *table(results, role), ""]
     tokens = {seed: run["tokens"] for seed, run in results["frontier"].items()}
     lines.append(f"Frontier tokens used per seed: {tokens}.")
-    (out / "frontier.md").write_text("\n".join(lines) + "\n")
+    markdown = "\n".join(lines) + "\n"
+    write_results(out, "frontier", results, markdown, indent=1, json_newline=False, default=float, echo=False)
 
 
 if __name__ == "__main__":

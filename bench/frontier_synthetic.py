@@ -20,9 +20,7 @@ Writes ``bench/results/frontier_synthetic.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -31,14 +29,16 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "bench" / "results"
+if str(Path(__file__).parents[1]) not in sys.path:  # run as ``python bench/frontier_synthetic.py``: the root
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+
+from bench._common import RESULTS, machine, write_results
+
 TARGETS = (0.4, 0.5, 0.6, 0.7)
 
 
 def _job(job: tuple[str, int, int]) -> dict[str, Any]:
+    """One row's run for one seed (in a worker process): relative regret and evaluations at each target."""
     import torch
 
     torch.set_num_threads(1)
@@ -82,6 +82,7 @@ def _job(job: tuple[str, int, int]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run every row for every seed, two processes side by side; write frontier_synthetic.{json,md}."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--per-target", type=int, default=20, help="N: evaluations of each single-target study")
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": TARGETS,
         "per_target": args.per_target,
         "seeds": args.seeds,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": machine("platform", "cpus"),
         "median_regret": {
             kind: {
                 f"{t:g}": float(np.median([r["regret"][f"{t:g}"] for r in runs if r["kind"] == kind])) for t in TARGETS
@@ -113,14 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         },
         "runs": runs,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "frontier_synthetic.json").write_text(json.dumps(payload, indent=1))
-    (RESULTS / "frontier_synthetic.md").write_text(_markdown(payload))
-    print((RESULTS / "frontier_synthetic.md").read_text())
+    write_results(RESULTS, "frontier_synthetic", payload, _markdown(payload), indent=1, json_newline=False)
     return 0
 
 
 def _markdown(p: dict[str, Any]) -> str:
+    """The report: median regret per row and target, then every run."""
     n = p["per_target"]
     lines = [
         "# Frontier design on the synthetic objective",

@@ -12,21 +12,25 @@ without one. Writes bench/results/gpu_check.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+if str(Path(__file__).parents[1]) not in sys.path:  # run as ``python bench/gpu_check.py``: the root, for bench/
+    sys.path.insert(0, str(Path(__file__).parents[1]))
 
 import torch
 
 from allocator import Objective, SparseModel, calibrate, compute_reference, load_model, load_text, make_token_sets
+from bench._common import RESULTS, results_name, write_results
 from storage import Database
 from studies import create_study, open_session, parse_config, run_study
 
-RESULTS = Path(__file__).parent / "results"
-
 
 def _timed(function):
+    """``function()`` and its seconds (after the GPU has finished its queued work)."""
     started = time.perf_counter()
     value = function()
     if torch.cuda.is_available():
@@ -35,6 +39,7 @@ def _timed(function):
 
 
 def evaluate_on(device: str, dtype: str, tokens: torch.Tensor, calibration_tokens: torch.Tensor) -> dict:
+    """Dense perplexity, KL at uniform 50% and the seconds of each step, with the model on ``device`` in ``dtype``."""
     loaded = load_model("smollm2-135m", device=device, dtype=dtype)
     calibration, calibration_seconds = _timed(lambda: calibrate(loaded.adapter, calibration_tokens))
     objective = Objective(SparseModel(loaded.adapter, calibration))
@@ -54,6 +59,7 @@ def evaluate_on(device: str, dtype: str, tokens: torch.Tensor, calibration_token
 
 
 def study_wall_time(trials: int) -> float:
+    """Seconds of one ``trials``-trial ``bo`` study on the GPU in bfloat16 (in a throwaway database)."""
     with tempfile.TemporaryDirectory() as directory:
         database = Database(f"sqlite:///{directory}/gpu.db")
         config = parse_config(
@@ -73,6 +79,7 @@ def study_wall_time(trials: int) -> float:
 
 
 def main() -> None:
+    """Compare the GPU with the CPU and time a study on it; write gpu_check{,_quick}.{json,md}."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--trials", type=int, default=50)
@@ -98,9 +105,17 @@ def main() -> None:
         "study_trials": trials,
         "study_wall_seconds": study_wall_time(trials),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
-    (args.out / f"gpu_check{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, results_name("gpu_check", args.quick), result, _markdown(result))
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    """The report: agreement with the CPU, the three runs' figures and seconds, the study's wall time."""
+    cpu, gpu32, gpu16, trials = (
+        result["cpu_float32"],
+        result["cuda_float32"],
+        result["cuda_bfloat16"],
+        result["study_trials"],
+    )
     lines = [
         f"# GPU check ({result['gpu']})",
         "",
@@ -118,8 +133,7 @@ def main() -> None:
         f"One {trials}-trial `bo` study on CUDA in bfloat16: {result['study_wall_seconds']:.0f} s wall.",
         "",
     ]
-    (args.out / f"gpu_check{suffix}.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

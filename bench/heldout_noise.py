@@ -32,21 +32,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+if str(Path(__file__).parents[1]) not in sys.path:  # run as ``python bench/heldout_noise.py``: the root, for bench/
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+
 import torch
 from scipy.stats import spearmanr
 
-sys.path.insert(0, str(Path(__file__).parent))  # bench/allocators.py: the shared study protocol
-from allocators import (
-    BASE_BUDGET,
-    CORPORA,
-    RESULTS,
-    RUNS,
-    databases_of,
-    environment,
-    study_config,
-    with_role_counts,
-)
-
+from bench._allocator_files import databases_of, with_role_counts
+from bench._common import RESULTS, RUNS, environment, write_results
+from bench._protocol import BASE_BUDGET, CORPORA, study_config
 from storage import Database
 from studies import open_session, parse_config
 
@@ -105,7 +99,8 @@ def _load_runs(paths: list[Path], targets: list[float], samplers: list[str] | No
     return list(runs.values()), sources
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's command line (its ``--help`` is the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, nargs="+", default=[RESULTS / "allocators.json"])
     parser.add_argument("--targets", type=float, nargs="+", default=[0.6])
@@ -116,25 +111,17 @@ def main() -> None:
     )
     parser.add_argument("--db", type=Path, default=RUNS / "heldout_noise.db", help="Artifacts (kept).")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    """Re-evaluate the files' allocations here, unperturbed and perturbed; write heldout_noise.{json,md}."""
+    args = build_parser().parse_args()
     command = shlex.join(["python", "bench/heldout_noise.py", *sys.argv[1:]])
     started = time.perf_counter()
     runs, sources = _load_runs(args.results, args.targets, args.samplers)
-    reused: dict[tuple[str, int], dict[str, Any]] = {}
-    if args.reuse is not None:
-        previous = json.loads(args.reuse.read_text())
-        if previous["environment"]["platform"] != environment()["platform"] or previous["epsilon"] != EPSILON:
-            raise SystemExit(f"{args.reuse}: measured on another machine or with another ε; not reused.")
-        reused = {(row["name"], row["seed"]): row for row in previous["rows"]}
-    database = Database(f"sqlite:///{args.db}")
-    sessions: dict[str, Any] = {}  # by site split: one model each, perturbed alike
-    for run in runs:
-        config = parse_config(
-            study_config(run["sampler"], run["target"], 0, BASE_BUDGET, run["settings"]), source="noise"
-        )
-        run["split"] = config.sparsity.split
-        if run["split"] not in sessions:
-            sessions[run["split"]] = open_session(database, config)
+    reused = _reused_rows(args.reuse)
+    sessions = _sessions(Database(f"sqlite:///{args.db}"), runs)
     originals = {
         split: {n: p.detach().clone() for n, p in s.loaded.model.named_parameters()} for split, s in sessions.items()
     }
@@ -146,21 +133,8 @@ def main() -> None:
         for split, session in sessions.items():
             perturb(session.loaded.model, originals[split], seed)
         for run in runs:
-            if (run["name"], seed) in reused:
-                out.append(reused[(run["name"], seed)])
-                continue
-            session = sessions[run["split"]]
-            row = {"name": run["name"], "sampler": run["sampler"], "target": run["target"], "seed": seed}
-            for role in CORPORA:
-                row[role] = _figures(session, run["vector"], role, dense[role])
-                row[role]["recorded"] = run[role]["degradation"]
-            out.append(row)
-            print(
-                f"{run['name']:<20} perturbation {seed}: held-out {row['heldout']['degradation']:+.1%} "
-                f"(recorded {run['heldout']['degradation']:+.1%}) ood {row['ood']['degradation']:+.1%} "
-                f"(recorded {run['ood']['degradation']:+.1%})",
-                flush=True,
-            )
+            key = (run["name"], seed)
+            out.append(reused[key] if key in reused else _row(sessions[run["split"]], run, seed, dense))
     results = {
         "command": command,
         "environment": environment(),
@@ -170,10 +144,45 @@ def main() -> None:
         "rows": out,
         "seconds": time.perf_counter() - started,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "heldout_noise.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "heldout_noise.md").write_text(report(results))
-    print(report(results))
+    write_results(args.out, "heldout_noise", results, report(results))
+
+
+def _reused_rows(path: Path | None) -> dict[tuple[str, int], dict[str, Any]]:
+    """The rows of an earlier heldout_noise.json of this machine and this ε, by (allocation, seed)."""
+    if path is None:
+        return {}
+    previous = json.loads(path.read_text())
+    if previous["environment"]["platform"] != environment()["platform"] or previous["epsilon"] != EPSILON:
+        raise SystemExit(f"{path}: measured on another machine or with another ε; not reused.")
+    return {(row["name"], row["seed"]): row for row in previous["rows"]}
+
+
+def _sessions(database: Database, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One session per site split the allocations use (one model each, perturbed alike); notes each run's split."""
+    sessions: dict[str, Any] = {}
+    for run in runs:
+        config = parse_config(
+            study_config(run["sampler"], run["target"], 0, BASE_BUDGET, run["settings"]), source="noise"
+        )
+        run["split"] = config.sparsity.split
+        if run["split"] not in sessions:
+            sessions[run["split"]] = open_session(database, config)
+    return sessions
+
+
+def _row(session: Any, run: dict[str, Any], seed: int, dense: dict[str, float]) -> dict[str, Any]:
+    """One allocation evaluated under perturbation ``seed`` on both corpora, next to its recorded figures."""
+    row = {"name": run["name"], "sampler": run["sampler"], "target": run["target"], "seed": seed}
+    for role in CORPORA:
+        row[role] = _figures(session, run["vector"], role, dense[role])
+        row[role]["recorded"] = run[role]["degradation"]
+    print(
+        f"{run['name']:<20} perturbation {seed}: held-out {row['heldout']['degradation']:+.1%} "
+        f"(recorded {run['heldout']['degradation']:+.1%}) ood {row['ood']['degradation']:+.1%} "
+        f"(recorded {run['ood']['degradation']:+.1%})",
+        flush=True,
+    )
+    return row
 
 
 def _sequence_lines(rows: list[dict[str, Any]], names: list[str], seeds: list[int]) -> list[str]:
@@ -234,6 +243,7 @@ def _goal_lines(rows: list[dict[str, Any]], seeds: list[int]) -> list[str]:
 
 
 def report(results: dict[str, Any]) -> str:
+    """The markdown report: each allocation recorded, here and perturbed, the spread, per sequence, the goal."""
     rows = results["rows"]
     names = list(dict.fromkeys(r["name"] for r in rows))
     by = {(r["name"], r["seed"]): r for r in rows}

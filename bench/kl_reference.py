@@ -15,8 +15,12 @@ Run: ``python bench/kl_reference.py`` (``--quick`` for a smoke run). Writes benc
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
+from typing import Any
+
+if str(Path(__file__).parents[1]) not in sys.path:  # run as ``python bench/kl_reference.py``: the root, for bench/
+    sys.path.insert(0, str(Path(__file__).parents[1]))
 
 import numpy as np
 import torch
@@ -33,13 +37,13 @@ from allocator import (
     load_text,
     make_token_sets,
 )
+from bench._common import RESULTS, results_name, write_results
 
-RESULTS = Path(__file__).parent / "results"
 KS = (8, 16, 32, 64, 128, 256)
 
 
 @torch.no_grad()
-def dense_log_probs(adapter, tokens: torch.Tensor) -> list[torch.Tensor]:
+def dense_log_probs(adapter: Any, tokens: torch.Tensor) -> list[torch.Tensor]:
     """Per sequence, the dense model's ``(T−1) x V`` log-probabilities (bfloat16, to fit in memory)."""
     out = []
     for row in tokens:
@@ -49,7 +53,7 @@ def dense_log_probs(adapter, tokens: torch.Tensor) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def kls(adapter, tokens: torch.Tensor, dense: list[torch.Tensor], ks: tuple[int, ...]) -> dict[str, float]:
+def kls(adapter: Any, tokens: torch.Tensor, dense: list[torch.Tensor], ks: tuple[int, ...]) -> dict[str, float]:
     """Mean per-token KL of the model as it is (sparsifiers installed) against the dense distributions: full,
     and top-k for each k."""
     totals = {"full": 0.0, **{str(k): 0.0 for k in ks}}
@@ -70,6 +74,7 @@ def kls(adapter, tokens: torch.Tensor, dense: list[torch.Tensor], ks: tuple[int,
 
 
 def per_k_figures(rows: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Each ``k``'s storage cost and how well its KL agrees with the full KL over one set's allocations."""
     full = np.array([r["full"] for r in rows])
     out = []
     for k in KS:
@@ -87,14 +92,20 @@ def per_k_figures(rows: list[dict[str, float]]) -> list[dict[str, float]]:
     return out
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's command line (its ``--help`` is the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", type=float, default=0.6)
     parser.add_argument("--allocations", type=int, default=16)
     parser.add_argument("--sequences", type=int, default=8)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    """Measure full and top-k KL over both sets of allocations; write kl_reference{,_quick}.{json,md}."""
+    args = build_parser().parse_args()
     if args.quick:
         args.allocations, args.sequences = 4, 2
     loaded = load_model("smollm2-135m")
@@ -104,12 +115,7 @@ def main() -> None:
     )
     sparse_model = SparseModel(adapter, calibrate(adapter, sets.calibration))
     space = ConstraintSpace(weights=adapter.block_weights().tolist(), target=args.target, lower=0.0, upper=0.9)
-    uniform = space.uniform_vector()
-    noise = np.random.default_rng(0).normal(0.0, 0.04, (args.allocations - 1, space.dim))
-    sets_of = {
-        "random": [uniform, *space.sample(args.allocations - 1, seed=0)],
-        "near uniform": [uniform, *space.project(uniform + noise)],
-    }
+    sets_of = _allocation_sets(space, args.allocations)
     dense = dense_log_probs(adapter, sets.search)
     result: dict = {"target": args.target, "tokens": int(sets.search[:, 1:].numel()), "sets": {}}
     for label, allocations in sets_of.items():
@@ -119,9 +125,21 @@ def main() -> None:
                 rows.append(kls(adapter, sets.search, dense, KS))
             print(f"{label} {i}: full KL {rows[-1]['full']:.4f}, top-64 {rows[-1]['64']:.4f}", flush=True)
         result["sets"][label] = {"rows": rows, "per_k": per_k_figures(rows)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
-    (args.out / f"kl_reference{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, results_name("kl_reference", args.quick), result, _markdown(result, args))
+
+
+def _allocation_sets(space: ConstraintSpace, count: int) -> dict[str, list[Any]]:
+    """The uniform allocation with ``count - 1`` random feasible ones, and with as many small perturbations."""
+    uniform = space.uniform_vector()
+    noise = np.random.default_rng(0).normal(0.0, 0.04, (count - 1, space.dim))
+    return {
+        "random": [uniform, *space.sample(count - 1, seed=0)],
+        "near uniform": [uniform, *space.project(uniform + noise)],
+    }
+
+
+def _markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
+    """The report: per set of allocations, each ``k``'s cost and agreement with the full KL."""
     lines = [
         "# The KL objective's top-k dense reference",
         "",
@@ -149,8 +167,7 @@ def main() -> None:
         "The top-k KL merges the tail into one outcome, so it is a lower bound of the full KL (the shortfall).",
         "",
     ]
-    (args.out / f"kl_reference{suffix}.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

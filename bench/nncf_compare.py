@@ -15,9 +15,13 @@ bench/results/nncf_compare.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import tempfile
 from pathlib import Path
+from typing import Any
+
+if str(Path(__file__).parents[1]) not in sys.path:  # run as ``python bench/nncf_compare.py``: the root, for bench/
+    sys.path.insert(0, str(Path(__file__).parents[1]))
 
 import torch
 
@@ -37,11 +41,10 @@ from allocator import (
 )
 from allocator.integrations.nncf import evaluate as nncf_evaluate
 from allocator.integrations.nncf import measured_site_sparsity, nncf_scope, sparsify, write_nncf_file
+from bench._common import RESULTS, results_name, write_results
 
-RESULTS = Path(__file__).parent / "results"
 
-
-def export(loaded, sparse_model: SparseModel, vector: torch.Tensor, tokens: torch.Tensor, out: Path) -> dict:
+def export(loaded: Any, sparse_model: SparseModel, vector: torch.Tensor, tokens: torch.Tensor, out: Path) -> dict:
     """A lookup of ``vector`` as ``study export`` writes one (thresholds under the sparse model, nncf.json)."""
     calibration = calibrate_allocation(sparse_model, vector, tokens)
     sites = sparse_model.site_sparsities(vector)
@@ -62,12 +65,18 @@ def export(loaded, sparse_model: SparseModel, vector: torch.Tensor, tokens: torc
     return lookup
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's command line (its ``--help`` is the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", type=float, default=0.5)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    """Export two allocations, apply each both ways, compare; write nncf_compare{,_quick}.{json,md}."""
+    args = build_parser().parse_args()
     calibration_sequences, heldout_sequences = (4, 2) if args.quick else (64, 16)
     dense_model = load_model("smollm2-135m")
     sets = make_token_sets(
@@ -87,50 +96,60 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         for name, vector in allocations.items():
             lookup = export(dense_model, sparse_model, vector, sets.calibration, Path(directory) / name)
-            expected = {
-                nncf_scope("llama", b, site): block["sites"][site]["sparsity"]
-                for b, block in enumerate(lookup["blocks"])
-                for site in SITE_NAMES
-            }
-            ours_model = load_model("smollm2-135m")
-            with load_lookup(ours_model.model, Path(directory) / name) as sparsifiers:
-                ours = evaluate_tokens(
-                    ours_model.adapter,
-                    sets.heldout,
-                    reference=reference,
-                    measured_sparsity=sparsifiers.measured_model_sparsity,
-                    measured_site_sparsity=sparsifiers.measured_site_sparsity,
-                )
-            site_ours = torch.tensor(ours.site_sparsity).reshape(-1)
-            targets = torch.tensor([expected[nncf_scope("llama", b, s)] for b in range(n) for s in SITE_NAMES])
-            nncf_model = load_model("smollm2-135m")
-            sparse = sparsify(nncf_model.model, Path(directory) / name, sets.calibration, batch_size=64)
-            per_site = measured_site_sparsity(sparse, sets.heldout)
-            nncf_eval = nncf_evaluate(sparse, sets.heldout, reference=reference)  # NNCF's hooks need its forward
-            weights = dense_model.adapter.site_weights().reshape(-1)
-            measured_nncf = sum(per_site[node] * float(w) for node, w in zip(expected, weights, strict=True))
-            rows += [
-                {
-                    "allocation": name,
-                    "applied_by": "sparsealloc (exported thresholds)",
-                    "measured": ours.measured_sparsity,
-                    "worst_site": float((site_ours - targets).abs().max()),
-                    "perplexity": ours.perplexity,
-                    "kl": ours.kl,
-                },
-                {
-                    "allocation": name,
-                    "applied_by": "NNCF sparsify_activations",
-                    "measured": measured_nncf / float(weights.sum()),
-                    "worst_site": max(abs(per_site[node] - expected[node]) for node in expected),
-                    "perplexity": nncf_eval.perplexity,
-                    "kl": nncf_eval.kl,
-                },
-            ]
+            rows += _applied_both_ways(dense_model, lookup, Path(directory) / name, sets, reference, name)
             print(rows[-2], rows[-1], flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
-    (args.out / f"nncf_compare{suffix}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_results(args.out, results_name("nncf_compare", args.quick), rows, _markdown(rows, sets, args))
+
+
+def _applied_both_ways(
+    dense_model: Any, lookup: dict, path: Path, sets: Any, reference: Any, name: str
+) -> list[dict[str, Any]]:
+    """The export at ``path`` applied by our loader and by NNCF, each measured on the held-out tokens."""
+    n = dense_model.adapter.n_blocks
+    expected = {
+        nncf_scope("llama", b, site): block["sites"][site]["sparsity"]
+        for b, block in enumerate(lookup["blocks"])
+        for site in SITE_NAMES
+    }
+    ours_model = load_model("smollm2-135m")
+    with load_lookup(ours_model.model, path) as sparsifiers:
+        ours = evaluate_tokens(
+            ours_model.adapter,
+            sets.heldout,
+            reference=reference,
+            measured_sparsity=sparsifiers.measured_model_sparsity,
+            measured_site_sparsity=sparsifiers.measured_site_sparsity,
+        )
+    site_ours = torch.tensor(ours.site_sparsity).reshape(-1)
+    targets = torch.tensor([expected[nncf_scope("llama", b, s)] for b in range(n) for s in SITE_NAMES])
+    nncf_model = load_model("smollm2-135m")
+    sparse = sparsify(nncf_model.model, path, sets.calibration, batch_size=64)
+    per_site = measured_site_sparsity(sparse, sets.heldout)
+    nncf_eval = nncf_evaluate(sparse, sets.heldout, reference=reference)  # NNCF's hooks need its forward
+    weights = dense_model.adapter.site_weights().reshape(-1)
+    measured_nncf = sum(per_site[node] * float(w) for node, w in zip(expected, weights, strict=True))
+    return [
+        {
+            "allocation": name,
+            "applied_by": "sparsealloc (exported thresholds)",
+            "measured": ours.measured_sparsity,
+            "worst_site": float((site_ours - targets).abs().max()),
+            "perplexity": ours.perplexity,
+            "kl": ours.kl,
+        },
+        {
+            "allocation": name,
+            "applied_by": "NNCF sparsify_activations",
+            "measured": measured_nncf / float(weights.sum()),
+            "worst_site": max(abs(per_site[node] - expected[node]) for node in expected),
+            "perplexity": nncf_eval.perplexity,
+            "kl": nncf_eval.kl,
+        },
+    ]
+
+
+def _markdown(rows: list[dict[str, Any]], sets: Any, args: argparse.Namespace) -> str:
+    """The report: one row per allocation and way of applying it."""
     lines = [
         "# One export, applied by sparsealloc and by NNCF",
         "",
@@ -147,8 +166,7 @@ def main() -> None:
         ],
         "",
     ]
-    (args.out / f"nncf_compare{suffix}.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

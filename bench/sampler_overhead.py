@@ -24,9 +24,7 @@ Writes ``bench/results/sampler_overhead{,_quick}.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -35,14 +33,14 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # runnable as ``python bench/sampler_overhead.py`` from the repository root
-    sys.path.insert(0, str(ROOT))
+if str(Path(__file__).parents[1]) not in sys.path:  # run as ``python bench/sampler_overhead.py``: the root
+    sys.path.insert(0, str(Path(__file__).parents[1]))
 
-RESULTS = ROOT / "bench" / "results"
+from bench._common import RESULTS, bo_private_steps, machine, write_results
 
 
 def _history_study(dim: int, n: int, seed: int):
+    """A study of the synthetic objective holding ``n`` completed trials (half random, half TPE)."""
     import optuna
 
     from allocator.samplers import create_sampler, suggest_allocation
@@ -57,40 +55,41 @@ def _history_study(dim: int, n: int, seed: int):
     return study, objective
 
 
+def _frozen(study: Any, trial: Any) -> Any:
+    """The stored (frozen) form of the running ``trial`` of ``study``: what a sampler is handed for it."""
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+
+
 def _time_proposal(dim: int, n: int, seed: int) -> dict[str, float]:
     """One ``bo`` proposal after ``n`` trials, timed in parts (same code path as ``BoSampler.propose``)."""
     import torch
 
-    from allocator.samplers import collect_history, create_sampler, single_threaded
+    from allocator.samplers import collect_history, create_sampler, gp_hyperparameters, single_threaded
 
     study, objective = _history_study(dim, n, seed)
     space = objective.space
     sampler = create_sampler("bo", space=space, seed=seed)
-    trial = study.ask()
+    search_space, trust_region = bo_private_steps(sampler)
+    options = sampler.options
+    trial = _frozen(study, study.ask())
     # A running study has drawn its hit-and-run pool once (its cost is reported apart): warm it on the very
     # space this proposal searches (the pool is cached per space object and seed).
     with torch.device("cpu"), single_threaded():
-        warm = sampler._search(collect_history(study, trial._cached_frozen_trial, space)).space
-        warm.polytope_pool(seed=seed, size=sampler.raw_samples)
+        warm = search_space(collect_history(study, trial, space)).space
+        warm.polytope_pool(seed=seed, size=options.raw_samples)
     parts: dict[str, float] = {}
     t0 = time.perf_counter()
     with torch.device("cpu"), single_threaded():
-        hist = collect_history(study, trial._cached_frozen_trial, space)
-        search = sampler._search(hist)
+        hist = collect_history(study, trial, space)
+        search = search_space(hist)
         t1 = time.perf_counter()
         model = sampler.fit(hist, search)  # a cold fit (no stored warm start): the worst case
         t2 = time.perf_counter()
         acqf = sampler.acquisition(model, hist, search, seed=0)
-        box = (
-            sampler._trust_region(hist, search, model)
-            if sampler.trust_region and search.to_blocks is None
-            else search.space
-        )
+        box = trust_region(hist, search, model) if options.trust_region and search.to_blocks is None else search.space
         sampler.optimize(acqf, box, hist, search, np.random.default_rng(seed))
         t3 = time.perf_counter()
         # A warm-started refit, as in a running study where the previous proposal stored its fit.
-        from allocator.samplers import gp_hyperparameters
-
         sampler.fit(hist, search, warm_start=gp_hyperparameters(model, "full"))
         t4 = time.perf_counter()
     parts.update(
@@ -108,62 +107,66 @@ def _time_proposal(dim: int, n: int, seed: int) -> dict[str, float]:
 def _compare(dim: int, n: int, seed: int) -> dict[str, Any]:
     """Part 2 on one fitted model: values reached and times."""
     import torch
-    from botorch.optim import optimize_acqf
 
-    from allocator.samplers import (
-        SearchSpace,
-        collect_history,
-        create_sampler,
-        optimize_nullspace,
-        optimize_slsqp,
-        rank_candidates,
-        select_starts,
-        single_threaded,
-    )
+    from allocator.samplers import SearchSpace, collect_history, create_sampler, single_threaded
 
     study, objective = _history_study(dim, n, seed)
     space = objective.space
     sampler = create_sampler("bo", space=space, seed=seed, profile_knots=None, trust_region=False)
-    hist = collect_history(study, study.ask()._cached_frozen_trial, space)
+    hist = collect_history(study, _frozen(study, study.ask()), space)
     search = SearchSpace(space=space, to_blocks=None)
     out: dict[str, Any] = {"dim": dim, "n": n, "seed": seed}
     with torch.device("cpu"), single_threaded(), torch.random.fork_rng():
         torch.manual_seed(seed)
         model = sampler.fit(hist, search)
         acqf = sampler.acquisition(model, hist, search, seed=0)
-        space.polytope_pool(seed=seed, size=sampler.raw_samples)  # the cached pool, as in a running study
-
-        t = time.perf_counter()
-        X, _ = optimize_acqf(
-            acq_function=acqf,
-            bounds=space.botorch_bounds(),
-            q=1,
-            num_restarts=sampler.num_restarts,
-            raw_samples=sampler.raw_samples,
-            equality_constraints=space.botorch_equality_constraints(normalized=False),
-        )
-        slsqp = rank_candidates(acqf, space.project(X.detach().reshape(-1, space.dim).numpy()))
-        out["botorch_slsqp"] = {"seconds": time.perf_counter() - t, "value": float(slsqp.values[0])}
-
+        space.polytope_pool(seed=seed, size=sampler.options.raw_samples)  # the cached pool, as in a running study
+        out["botorch_slsqp"] = _botorch_slsqp(sampler, acqf, space)
         t = time.perf_counter()
         ours = sampler.optimize(acqf, space, hist, search, np.random.default_rng(seed))
         out["nullspace"] = {"seconds": time.perf_counter() - t, "value": float(ours.values[0])}
-
-        starts, _ = select_starts(acqf, sampler.raw_points(space, hist, search, np.random.default_rng(seed)), 8)
-        t = time.perf_counter()
-        same_ours = optimize_nullspace(acqf, space, starts)
-        t_ours = time.perf_counter() - t
-        t = time.perf_counter()
-        same_slsqp = optimize_slsqp(acqf, space, starts)
-        t_slsqp = time.perf_counter() - t
-        out["same_starts"] = {
-            "nullspace": {"seconds": t_ours, "value": float(same_ours.values[0])},
-            "slsqp": {"seconds": t_slsqp, "value": float(same_slsqp.values[0])},
-        }
+        out["same_starts"] = _same_starts(sampler, acqf, space, hist, search, seed)
     return out
 
 
+def _botorch_slsqp(sampler: Any, acqf: Any, space: Any) -> dict[str, float]:
+    """BoTorch's ``optimize_acqf`` with the equality constraint: seconds and the best value reached."""
+    from botorch.optim import optimize_acqf
+
+    from allocator.samplers import rank_candidates
+
+    t = time.perf_counter()
+    X, _ = optimize_acqf(
+        acq_function=acqf,
+        bounds=space.botorch_bounds(),
+        q=1,
+        num_restarts=sampler.options.num_restarts,
+        raw_samples=sampler.options.raw_samples,
+        equality_constraints=space.botorch_equality_constraints(normalized=False),
+    )
+    slsqp = rank_candidates(acqf, space.project(X.detach().reshape(-1, space.dim).numpy()))
+    return {"seconds": time.perf_counter() - t, "value": float(slsqp.values[0])}
+
+
+def _same_starts(sampler: Any, acqf: Any, space: Any, hist: Any, search: Any, seed: int) -> dict[str, Any]:
+    """Both local optimisers from the same 8 starts: seconds and the best value each reached."""
+    from allocator.samplers import optimize_nullspace, optimize_slsqp, select_starts
+
+    starts, _ = select_starts(acqf, sampler.raw_points(space, hist, search, np.random.default_rng(seed)), 8)
+    t = time.perf_counter()
+    same_ours = optimize_nullspace(acqf, space, starts)
+    t_ours = time.perf_counter() - t
+    t = time.perf_counter()
+    same_slsqp = optimize_slsqp(acqf, space, starts)
+    t_slsqp = time.perf_counter() - t
+    return {
+        "nullspace": {"seconds": t_ours, "value": float(same_ours.values[0])},
+        "slsqp": {"seconds": t_slsqp, "value": float(same_slsqp.values[0])},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Time proposals and compare the acquisition optimisers; write sampler_overhead{,_quick}.{json,md}."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="n = 20, 50; d = 30; 1 repeat")
     parser.add_argument("--repeats", type=int, default=None)
@@ -177,8 +180,22 @@ def main(argv: list[str] | None = None) -> int:
     dims = [30] if args.quick else [30, 80]
     repeats = args.repeats or (1 if args.quick else 3)
     load_before = os.getloadavg()
+    pool_seconds = _pool_seconds(dims)
+    proposals = _proposals(dims, ns, repeats)
+    comparisons = _comparisons([50] if args.quick else [50, 100], repeats if not args.quick else 1)
+    payload = {
+        "machine": {**machine("platform", "cpus"), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+        "pool_seconds": pool_seconds,
+        "proposals": proposals,
+        "comparisons": comparisons,
+    }
+    name = "sampler_overhead_quick" if args.quick else "sampler_overhead"
+    write_results(RESULTS, name, payload, _markdown(payload, dims, ns), indent=1, json_newline=False)
+    return 0
 
-    # The once-per-process pool draw (hit-and-run), reported apart from the per-proposal cost.
+
+def _pool_seconds(dims: list[int]) -> dict[int, float]:
+    """The once-per-process pool draw (hit-and-run) per dimension, reported apart from the per-proposal cost."""
     from allocator.testing import SyntheticObjective
 
     pool_seconds = {}
@@ -188,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         space.polytope_pool(seed=12345, size=512)
         pool_seconds[dim] = time.perf_counter() - t
         print(f"pool d={dim}: {pool_seconds[dim]:.2f} s (once per process and seed)", flush=True)
+    return pool_seconds
 
+
+def _proposals(dims: list[int], ns: list[int], repeats: int) -> list[dict[str, Any]]:
+    """Part 1: one timed proposal per dimension, history length and repeat."""
     proposals: list[dict[str, Any]] = []
     for dim in dims:
         for n in ns:
@@ -201,11 +222,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"{parts['fit_warm']:.2f}, acquisition {parts['acquisition']:.2f})",
                     flush=True,
                 )
+    return proposals
 
+
+def _comparisons(ns: list[int], repeats: int) -> list[dict[str, Any]]:
+    """Part 2: the acquisition optimisers on one fitted model (d = 30), per history length and repeat."""
     comparisons: list[dict[str, Any]] = []
-    cmp_ns = [50] if args.quick else [50, 100]
-    for n in cmp_ns:
-        for r in range(repeats if not args.quick else 1):
+    for n in ns:
+        for r in range(repeats):
             res = _compare(30, n, 100 + r)
             comparisons.append(res)
             b, o, s = res["botorch_slsqp"], res["nullspace"], res["same_starts"]
@@ -215,27 +239,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"({s['nullspace']['value']:.6f}), slsqp {s['slsqp']['seconds']:.2f} s ({s['slsqp']['value']:.6f})",
                 flush=True,
             )
-
-    payload = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-        },
-        "pool_seconds": pool_seconds,
-        "proposals": proposals,
-        "comparisons": comparisons,
-    }
-    suffix = "_quick" if args.quick else ""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"sampler_overhead{suffix}.json").write_text(json.dumps(payload, indent=1))
-    (RESULTS / f"sampler_overhead{suffix}.md").write_text(_markdown(payload, dims, ns))
-    print((RESULTS / f"sampler_overhead{suffix}.md").read_text())
-    return 0
+    return comparisons
 
 
 def _markdown(p: dict[str, Any], dims: list[int], ns: list[int]) -> str:
+    """The report: proposal times, then the acquisition optimisers compared."""
+    lines = [*_proposal_lines(p, dims, ns), *_comparison_lines(p), *_same_start_lines(p)]
+    return "\n".join(lines) + "\n"
+
+
+def _proposal_lines(p: dict[str, Any], dims: list[int], ns: list[int]) -> list[str]:
+    """The machine, and the median proposal times per dimension and history length."""
     m = p["machine"]
     lines = [
         "# `bo` proposal overhead",
@@ -265,8 +279,13 @@ def _markdown(p: dict[str, Any], dims: list[int], ns: list[int]) -> str:
                 f"| {d} | {n} | {med['proposal_warm']:.2f} | {med['proposal_cold']:.2f} | "
                 f"{med['fit_warm']:.2f} | {med['fit_cold']:.2f} | {med['acquisition']:.2f} |"
             )
+    return lines
+
+
+def _comparison_lines(p: dict[str, Any]) -> list[str]:
+    """The pool's cost, and BoTorch's SLSQP path against the null-space optimiser on the same model."""
     pools = ", ".join(f"d={d}: {s:.2f} s" for d, s in p["pool_seconds"].items())
-    lines += [
+    lines = [
         "",
         f"Once per process and seed, the hit-and-run pool of 512 feasible points: {pools}.",
         "",
@@ -294,7 +313,12 @@ def _markdown(p: dict[str, Any], dims: list[int], ns: list[int]) -> str:
             f"Median speed-up {statistics.median(ratios):.1f}× (min {min(ratios):.1f}×); ours reached at least "
             f"SLSQP's value (within 1e-6) in {sum(d >= -1e-6 for d in deltas)}/{len(deltas)} cases.",
         ]
-    lines += [
+    return lines
+
+
+def _same_start_lines(p: dict[str, Any]) -> list[str]:
+    """The two local optimisers alone, from the same starts."""
+    lines = [
         "",
         "### Same starts: the local optimisers alone",
         "",
@@ -307,7 +331,7 @@ def _markdown(p: dict[str, Any], dims: list[int], ns: list[int]) -> str:
             f"| {c['n']} | {c['seed']} | {s['seconds']:.2f} | {s['value']:.6f} | {o['seconds']:.2f} | "
             f"{o['value']:.6f} | {s['seconds'] / o['seconds']:.1f}× | {o['value'] - s['value']:+.2e} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

@@ -13,30 +13,47 @@ smoke run). Writes bench/results/soak.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Any
+
+if str(Path(__file__).parents[1]) not in sys.path:  # run as ``python bench/soak.py``: the root, for bench/
+    sys.path.insert(0, str(Path(__file__).parents[1]))
 
 import psycopg
 
 from allocator.testing.tiny import build_tiny_model_dir
+from bench._common import RESULTS, results_name, write_results
 from studies.testing.soak import run_soak
 
-RESULTS = Path(__file__).parent / "results"
 
-
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's command line (its ``--help`` is the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--trials", type=int, default=60)
     parser.add_argument("--sampler", default="bo")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    """Soak both backends; write soak{,_quick}.{json,md}; exit 1 unless every check held."""
+    args = build_parser().parse_args()
     if args.quick:
         args.kills, args.trials = 3, 12
+    results = _soak(args)
+    markdown = _markdown(results, args)
+    write_results(args.out, results_name("soak", args.quick), [r.as_dict() for r in results], markdown)
+    if not all(r.ok for r in results):
+        raise SystemExit(1)
 
+
+def _soak(args: argparse.Namespace) -> list[Any]:
+    """One soak on a fresh PostgreSQL database (dropped after) and one on SQLite, on a tiny model."""
     results = []
     with tempfile.TemporaryDirectory(prefix="sparsealloc-soak-") as tmp:
         root = Path(tmp)
@@ -65,9 +82,11 @@ def main() -> None:
         finally:
             with psycopg.connect(admin, autocommit=True) as connection:
                 connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
-    (args.out / f"soak{suffix}.json").write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")
+    return results
+
+
+def _markdown(results: list[Any], args: argparse.Namespace) -> str:
+    """The report: one row per backend, and what each column counts."""
     lines = [
         "# Fault soak",
         "",
@@ -96,10 +115,7 @@ def main() -> None:
         "missing at the end; `duplicates`: vectors evaluated to completion twice.",
         "",
     ]
-    (args.out / f"soak{suffix}.md").write_text("\n".join(lines))
-    print("\n".join(lines))
-    if not all(r.ok for r in results):
-        raise SystemExit(1)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

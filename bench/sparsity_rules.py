@@ -18,9 +18,13 @@ bench/results/sparsity_rules.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 from pathlib import Path
+from typing import Any
+
+if str(Path(__file__).parents[1]) not in sys.path:  # run as ``python bench/sparsity_rules.py``: the root, for bench/
+    sys.path.insert(0, str(Path(__file__).parents[1]))
 
 import torch
 
@@ -34,16 +38,8 @@ from allocator import (
     load_text,
     make_token_sets,
 )
-
-RESULTS = Path(__file__).parent / "results"
-
-
-@torch.no_grad()
-def body_seconds(adapter, tokens: torch.Tensor, batch_size: int = 8) -> float:
-    started = time.perf_counter()
-    for start in range(0, tokens.shape[0], batch_size):
-        adapter.body(input_ids=tokens[start : start + batch_size], use_cache=False)
-    return time.perf_counter() - started
+from bench._common import RESULTS, results_name, write_results
+from bench._timing import dense_body_seconds
 
 
 def allocations(n_blocks: int, targets: list[float]) -> dict[str, torch.Tensor]:
@@ -54,14 +50,20 @@ def allocations(n_blocks: int, targets: list[float]) -> dict[str, torch.Tensor]:
     return out
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's command line (its ``--help`` is the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.6])
     parser.add_argument("--calibration-sequences", type=int, default=64)
     parser.add_argument("--heldout-sequences", type=int, default=16)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    """Measure every allocation under every rule; write sparsity_rules{,_quick}.{json,md}."""
+    args = build_parser().parse_args()
     if args.quick:
         args.targets, args.calibration_sequences, args.heldout_sequences = [0.6], 4, 2
     loaded = load_model("smollm2-135m")
@@ -71,44 +73,60 @@ def main() -> None:
     sparse_model = SparseModel(adapter, calibrate(adapter, sets.calibration))
     objective = Objective(sparse_model)
     reference = compute_reference(adapter, sets.heldout)
-    body = body_seconds(adapter, sets.calibration)
+    body = dense_body_seconds(adapter, sets.calibration)
     rows = []
     for name, vector in allocations(adapter.n_blocks, args.targets).items():
-        started = time.perf_counter()
-        calibration = calibrate_allocation(sparse_model, vector, sets.calibration)
-        calibrate_seconds = time.perf_counter() - started
-        thresholds = calibration.thresholds(sparse_model.site_sparsities(vector))
-        evaluations = {
-            "dense thresholds (nominal)": objective.evaluate(
-                vector, sets.heldout, reference=reference, rule="threshold"
-            ),
-            "sparse-model thresholds (export)": objective.evaluate(
-                vector, sets.heldout, reference=reference, rule="threshold", thresholds=thresholds
-            ),
-            "quantile (trials)": objective.evaluate(vector, sets.heldout, reference=reference, rule="quantile"),
-            "k-winners-take-all": objective.evaluate(vector, sets.heldout, reference=reference, rule="topk"),
-        }
-        fixed = evaluations["sparse-model thresholds (export)"].seconds
-        for rule, e in evaluations.items():
-            site_error = torch.tensor(e.site_sparsity) - sparse_model.site_sparsities(vector)
-            rows.append(
-                {
-                    "allocation": name,
-                    "target": float(sparse_model.model_sparsity(vector)),
-                    "rule": rule,
-                    "measured": e.measured_sparsity,
-                    "worst_site_error": float(site_error.abs().max()),
-                    "perplexity": e.perplexity,
-                    "kl": e.kl,
-                    "seconds_over_fixed_thresholds": e.seconds / fixed,
-                }
-            )
-        rows[-4]["calibrate_allocation_over_body_pass"] = calibrate_seconds / body
+        rows += _rules(objective, sparse_model, sets, reference, name, vector, body)
         print(f"{name}: " + ", ".join(f"{r['rule']} {r['measured']:.4f}" for r in rows[-4:]), flush=True)
     result = {"tokens": {k: int(v.numel()) for k, v in sets.sets.items()}, "body_pass_seconds": body, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
-    (args.out / f"sparsity_rules{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, results_name("sparsity_rules", args.quick), result, _markdown(result, args))
+
+
+def _rules(
+    objective: Objective,
+    sparse_model: SparseModel,
+    sets: Any,
+    reference: Any,
+    name: str,
+    vector: torch.Tensor,
+    body: float,
+) -> list[dict[str, Any]]:
+    """One allocation on the held-out tokens under each of the four rules, and its calibration's cost."""
+    started = time.perf_counter()
+    calibration = calibrate_allocation(sparse_model, vector, sets.calibration)
+    calibrate_seconds = time.perf_counter() - started
+    thresholds = calibration.thresholds(sparse_model.site_sparsities(vector))
+    evaluations = {
+        "dense thresholds (nominal)": objective.evaluate(vector, sets.heldout, reference=reference, rule="threshold"),
+        "sparse-model thresholds (export)": objective.evaluate(
+            vector, sets.heldout, reference=reference, rule="threshold", thresholds=thresholds
+        ),
+        "quantile (trials)": objective.evaluate(vector, sets.heldout, reference=reference, rule="quantile"),
+        "k-winners-take-all": objective.evaluate(vector, sets.heldout, reference=reference, rule="topk"),
+    }
+    fixed = evaluations["sparse-model thresholds (export)"].seconds
+    rows = []
+    for rule, e in evaluations.items():
+        site_error = torch.tensor(e.site_sparsity) - sparse_model.site_sparsities(vector)
+        rows.append(
+            {
+                "allocation": name,
+                "target": float(sparse_model.model_sparsity(vector)),
+                "rule": rule,
+                "measured": e.measured_sparsity,
+                "worst_site_error": float(site_error.abs().max()),
+                "perplexity": e.perplexity,
+                "kl": e.kl,
+                "seconds_over_fixed_thresholds": e.seconds / fixed,
+            }
+        )
+    rows[-4]["calibrate_allocation_over_body_pass"] = calibrate_seconds / body
+    return rows
+
+
+def _markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
+    """The report: one row per allocation and rule, then what calibrating one allocation costs."""
+    rows = result["rows"]
     lines = [
         "# Nominal and measured sparsity; thresholds and k-winners-take-all",
         "",
@@ -134,8 +152,7 @@ def main() -> None:
         + " one dense body pass over the calibration tokens.",
         "",
     ]
-    (args.out / f"sparsity_rules{suffix}.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,7 @@ is fixed (seed 0) and the samplers' seeds vary.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -22,11 +20,10 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # runnable as ``python bench/synthetic.py`` from the repository root
-    sys.path.insert(0, str(ROOT))
+if str(Path(__file__).parents[1]) not in sys.path:  # run as ``python bench/synthetic.py``: the root, for bench/
+    sys.path.insert(0, str(Path(__file__).parents[1]))
 
-RESULTS = ROOT / "bench" / "results"
+from bench._common import RESULTS, machine, results_name, write_results
 
 # (label, sampler name, options)
 SAMPLERS: list[tuple[str, str, dict[str, Any]]] = [
@@ -56,6 +53,7 @@ VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
 
 
 def _run(job: tuple[str, str, dict[str, Any], int, int]) -> dict[str, Any]:
+    """One configuration's run for one seed (in a worker process): its best-so-far regret per evaluation."""
     import torch
 
     torch.set_num_threads(1)
@@ -77,6 +75,7 @@ def _run(job: tuple[str, str, dict[str, Any], int, int]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run every configuration for every seed, two processes side by side; write synthetic{,_quick}.*."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 seeds x 20 evaluations")
     parser.add_argument("--seeds", type=int, default=None)
@@ -108,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     summary = _summarise(runs, configs, n)
-    suffix = "_quick" if args.quick else ""
+    name = results_name("synthetic", args.quick)
     payload = {
         "objective": {
             "dim": objective.dim,
@@ -118,19 +117,19 @@ def main(argv: list[str] | None = None) -> int:
         },
         "seeds": seeds,
         "evaluations": n,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": machine("platform", "cpus"),
         "summary": summary,
         "runs": runs,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"synthetic{suffix}.json").write_text(json.dumps(payload, indent=1))
-    (RESULTS / f"synthetic{suffix}.md").write_text(_markdown(payload))
-    _plot(runs, configs, n, RESULTS / f"synthetic{suffix}.png")
-    print((RESULTS / f"synthetic{suffix}.md").read_text())
+    markdown = _markdown(payload)
+    write_results(RESULTS, name, payload, markdown, indent=1, json_newline=False, echo=False)
+    _plot(runs, configs, n, RESULTS / f"{name}.png")
+    print(markdown)
     return 0
 
 
 def _summarise(runs: list[dict[str, Any]], configs: list[tuple[str, str, dict]], n: int) -> dict[str, Any]:
+    """Per configuration: median regret at every tenth evaluation, final regret per seed, median seconds."""
     out: dict[str, Any] = {}
     checkpoints = [c for c in (10, 20, 30, 40, 50) if c <= n]
     for label, _, opts in configs:
@@ -149,6 +148,7 @@ def _summarise(runs: list[dict[str, Any]], configs: list[tuple[str, str, dict]],
 
 
 def _markdown(p: dict[str, Any]) -> str:
+    """The report: one row of median regrets per configuration."""
     o, s = p["objective"], p["summary"]
     lines = [
         "# Synthetic benchmark: best-so-far regret",
@@ -173,6 +173,7 @@ def _markdown(p: dict[str, Any]) -> str:
 
 
 def _plot(runs: list[dict[str, Any]], configs: list[tuple[str, str, dict]], n: int, path: Path) -> None:
+    """Median regret against evaluations (interquartile range shaded): samplers, then BO variants."""
     import matplotlib
 
     matplotlib.use("Agg")
