@@ -1,10 +1,10 @@
 """Optuna samplers that propose the whole block vector at once, on the model-level sparsity constraint.
 
-Every sampler registers itself in :mod:`allocator.samplers._registry` with its options model; importing
-this package imports every sampler module, so the registry is complete. ``create_sampler(name, space=...,
-seed=..., **options)`` builds one by name; :func:`sampler_names` lists them. Objectives take their vector
-with :func:`suggest_allocation`. A frontier study (several targets) gets its sampler from
-:func:`create_frontier_sampler`.
+Every sampler registers itself in :mod:`allocator.samplers._registry` with its options model and its
+capabilities; importing this package imports every sampler module, so the registry is complete.
+``create_sampler(name, space=..., seed=..., **options)`` builds one by name; :func:`sampler_names` lists them.
+Objectives take their vector with :func:`suggest_allocation`. A frontier study (several targets) gets the
+sampler's registered frontier variant from :func:`create_frontier_sampler`.
 """
 
 from __future__ import annotations
@@ -12,17 +12,21 @@ from __future__ import annotations
 from allocator.samplers._base import (
     BlockSampler,
     History,
+    ProposalSampler,
     collect_history,
     distributions,
     evaluated_vector,
     pending_vector,
     suggest_allocation,
 )
+from allocator.samplers._frontier import TargetsInTurn, TargetView, next_in_turn
 from allocator.samplers._registry import (
     SamplerEntry,
     SamplerOptions,
+    create_frontier_sampler,
     create_sampler,
     parse_options,
+    register_frontier,
     register_sampler,
     sampler_entry,
     sampler_names,
@@ -42,12 +46,6 @@ from allocator.samplers._bo import (  # isort: skip
     knot_space,
     profile_matrix,
     single_threaded,
-)
-from allocator.samplers._frontier import (  # isort: skip
-    TargetsInTurn,
-    TargetView,
-    create_frontier_sampler,
-    next_in_turn,
 )
 from allocator.samplers._bo_frontier import FrontierBoSampler  # isort: skip
 from allocator.samplers._acqf import (  # isort: skip
@@ -71,6 +69,7 @@ __all__ = [
     "GreedyUniformSampler",
     "History",
     "NullSpaceMap",
+    "ProposalSampler",
     "RandomBlockSampler",
     "RandomOptions",
     "SamplerEntry",
@@ -97,6 +96,7 @@ __all__ = [
     "pending_vector",
     "profile_matrix",
     "rank_candidates",
+    "register_frontier",
     "register_sampler",
     "sampler_entry",
     "sampler_names",

@@ -6,8 +6,9 @@
   actually evaluated as the user attribute ``"vector"`` (plus ``"projection_distance"``).
 * Samplers learn from :func:`evaluated_vector` (that attribute, falling back to the params), and minimise
   positive values (perplexity); model-based samplers model ``log(value)``.
-* Our own samplers subclass :class:`BlockSampler`: they propose the whole vector at once through relative
-  sampling, hold no state of their own (everything is rebuilt from ``study.get_trials``, so several
+* Our own samplers subclass :class:`BlockSampler` (one target), or its base :class:`ProposalSampler` (a
+  frontier sampler that chooses each trial's target itself): they propose the whole vector at once through
+  relative sampling, hold no state of their own (everything is rebuilt from ``study.get_trials``, so several
   processes can share a study and a study can be resumed), draw their randomness from the seed and the
   trial number (same seed + same history = same proposal), and write the proposal into the trial's system
   attributes at sampling time, so other workers see it as a pending point before the objective has even
@@ -16,6 +17,7 @@
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import math
 import secrets
@@ -187,16 +189,18 @@ def is_duplicate(vector: np.ndarray, points: np.ndarray, tol: float = 1e-9) -> b
     return bool(np.any(np.max(np.abs(points - vector[None, :]), axis=1) <= tol))
 
 
-class BlockSampler(BaseSampler):
-    """Base of our samplers: propose the whole block vector at once, on the constraint, statelessly.
+class ProposalSampler(BaseSampler):
+    """Base of our samplers: one proposal per trial, on the constraint, made statelessly and published at once.
 
-    Subclasses implement :meth:`propose`. This class supplies Optuna's relative-sampling plumbing: the
-    relative search space is always the space's ``FloatDistribution(l_b, u_b)`` per ``block_b``; the
-    proposal is clipped into those distributions (so Optuna accepts it rather than falling back to
-    independent sampling) and written to the trial's system attributes as a pending point.
+    This class holds the one publish path (:meth:`sample_relative`): check the study, then under the proposal
+    lock place the trial (:meth:`place`: its constraint space and its proposal), clip the proposal into that
+    space's bounds (so Optuna accepts it rather than falling back to independent sampling) and write it to
+    the trial's system attributes as a pending point. The relative search space is always the space's
+    ``FloatDistribution(l_b, u_b)`` per ``block_b``. Single-target samplers subclass :class:`BlockSampler`.
 
     Args:
-        space: The constraint space of the study.
+        space: The constraint space of the study (of a frontier study: any target's, whose bounds and block
+            parameters every target shares).
         seed: The seed. None draws one at random (then proposals are not reproducible, and workers sharing
             a study do not share a seed).
         options: The sampler's validated options (an instance of its ``Options`` model); or give them as
@@ -205,7 +209,7 @@ class BlockSampler(BaseSampler):
 
     #: How many proposals the sampler has; the study runner stops after that many trials (None: no limit).
     max_trials: ClassVar[int | None] = None
-    #: The name under which the registry knows the sampler.
+    #: The name under which the registry knows the sampler (set by ``register_sampler``).
     name: ClassVar[str] = "block"
     #: The sampler's options model.
     Options: ClassVar[type[SamplerOptions]] = SamplerOptions
@@ -245,15 +249,17 @@ class BlockSampler(BaseSampler):
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        if not search_space:
+        if not search_space or not self.proposes_for(trial):
             return {}
         _check_study(study)
         attrs.set_system_attr(study, trial, attrs.SAMPLER, self.name)
         # Workers that sample at the same moment would see the same history and could propose the same point;
         # under the study's proposal lock each one reads the history, proposes and publishes in turn.
         with self._proposal_lock():
-            vector = self._publish(study, trial, collect_history(study, trial, self._space))
-        return {name: float(v) for name, v in zip(self._space.param_names, vector, strict=True) if name in search_space}
+            space, proposal = self.place(study, trial)
+            vector = np.clip(np.asarray(proposal, dtype=np.float64), space.lower_array(), space.upper_array())
+            attrs.set_system_attr(study, trial, attrs.PROPOSAL, [float(v) for v in vector])
+        return {name: float(v) for name, v in zip(space.param_names, vector, strict=True) if name in search_space}
 
     def serialize_with(self, lock: Callable[[], AbstractContextManager[Any]]) -> None:
         """Make proposals one at a time across processes: ``lock()`` is held while a proposal is made and published.
@@ -262,16 +268,6 @@ class BlockSampler(BaseSampler):
         file); without one, concurrent workers may duplicate a proposal.
         """
         self._proposal_lock = lock
-
-    def _publish(self, study: Study, trial: FrozenTrial, history: History) -> np.ndarray:
-        """Propose, clip into the bounds, and write the proposal to storage as this trial's pending point."""
-        if self._space.is_singleton:
-            vector = self._space.center()
-        else:
-            vector = np.asarray(self.propose(study, trial, history), dtype=np.float64)
-        vector = np.clip(vector, self._space.lower_array(), self._space.upper_array())
-        attrs.set_system_attr(study, trial, attrs.PROPOSAL, [float(v) for v in vector])
-        return vector
 
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
@@ -282,12 +278,36 @@ class BlockSampler(BaseSampler):
 
     # ------------------------------------------------------------------ for subclasses
 
-    def propose(self, study: Study, trial: FrozenTrial, history: History) -> np.ndarray:
-        """The next block vector (a ``d`` array on the constraint) given what storage holds."""
-        raise NotImplementedError
+    def proposes_for(self, trial: FrozenTrial) -> bool:
+        """Whether ``trial`` gets a proposal (a frontier sampler leaves a retried trial its enqueued vector)."""
+        return True
+
+    @abc.abstractmethod
+    def place(self, study: Study, trial: FrozenTrial) -> tuple[ConstraintSpace, np.ndarray]:
+        """The constraint space ``trial`` evaluates on and its proposal there (a ``d`` array on the constraint),
+        given what storage holds; called under the proposal lock."""
 
     def rng(self, trial: FrozenTrial, salt: int = 0) -> np.random.Generator:
+        """The random generator of ``trial``'s proposal (see :func:`trial_rng`)."""
         return trial_rng(self._seed, trial.number, salt)
+
+
+class BlockSampler(ProposalSampler):
+    """Base of our single-target samplers: propose the whole block vector at once, on the constraint, statelessly.
+
+    Subclasses implement :meth:`propose` from the study's :class:`History`; a space with a single point
+    (every block pinned) gets that point without asking them.
+    """
+
+    def place(self, study: Study, trial: FrozenTrial) -> tuple[ConstraintSpace, np.ndarray]:
+        history = collect_history(study, trial, self._space)
+        if self._space.is_singleton:
+            return self._space, self._space.center()
+        return self._space, self.propose(study, trial, history)
+
+    @abc.abstractmethod
+    def propose(self, study: Study, trial: FrozenTrial, history: History) -> np.ndarray:
+        """The next block vector (a ``d`` array on the constraint) given what storage holds."""
 
 
 def _check_study(study: Study) -> None:

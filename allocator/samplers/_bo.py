@@ -181,35 +181,38 @@ class BoSampler(BlockSampler):
         options: :class:`BoOptions` (or its fields as keywords).
     """
 
-    name: ClassVar[str] = "bo"
     Options: ClassVar[type[SamplerOptions]] = BoOptions
+    options: BoOptions
 
     def __init__(
         self, *, space: ConstraintSpace, seed: int | None = None, options: BoOptions | None = None, **values: Any
     ) -> None:
         super().__init__(space=space, seed=seed, options=options, **values)
-        o = self.options
-        assert isinstance(o, BoOptions)
-        profile_knots = _resolve_knots(o.profile_knots, space.dim)
+        self._knots = _resolve_knots(self.options.profile_knots, space.dim)
         self._profile: ConstraintSpace | None = None
         self._M: np.ndarray | None = None
-        if profile_knots is not None:
-            M = profile_matrix(space.dim, int(profile_knots))
+        if self._knots is not None:
+            M = profile_matrix(space.dim, self._knots)
             self._profile = knot_space(space, M)
             self._M = M if self._profile is not None else None
-        self.n_initial = o.n_initial
-        self.trust_region = o.trust_region
-        default_init = _TR_INIT if profile_knots is None else _TR_INIT_REFINE
-        self.trust_region_init = o.trust_region_init if o.trust_region_init is not None else default_init
-        self.profile_knots = profile_knots
-        self.profile_trials = o.profile_trials
-        self.num_restarts = o.num_restarts
-        self.raw_samples = o.raw_samples
-        self.mc_samples = o.mc_samples
-        self.noise_variance = o.noise_variance
-        self.round_iters = o.round_iters
-        self.max_rounds = o.max_rounds
-        self.optimizer = o.optimizer
+
+    @property
+    def profile_knots(self) -> int | None:
+        """The depth knots of the profile phase (the option, ``"auto"`` resolved for this space), or None."""
+        return self._knots
+
+    @property
+    def profile_map(self) -> np.ndarray | None:
+        """The ``d x K`` interpolation matrix from the profile's knots to blocks, or None without a profile phase
+        (none asked for, or the knots cannot keep every block within its bounds)."""
+        return self._M
+
+    @property
+    def trust_region_init(self) -> float:
+        """The trust region's initial side: the option, else 0.8 (TuRBO's), or 0.2 after a profile phase."""
+        if self.options.trust_region_init is not None:
+            return self.options.trust_region_init
+        return _TR_INIT if self._knots is None else _TR_INIT_REFINE
 
     # ------------------------------------------------------------------ proposal
 
@@ -221,8 +224,8 @@ class BoSampler(BlockSampler):
             # The fixed noise (default 1e-6) is deliberate: the objective is deterministic.
             warnings.filterwarnings("ignore", message="Very small noise values detected")
             torch.manual_seed(int(rng.integers(2**31)))
-            if history.n < max(self.n_initial, 2):
-                return self._next_design_point(history, rng)
+            if history.n < max(self.options.n_initial, 2):
+                return self.next_design_point(history, rng)
             search = self._search(history)
             try:
                 result = self._model_step(study, trial, history, search, rng)
@@ -234,13 +237,13 @@ class BoSampler(BlockSampler):
                 optuna.logging.get_logger(__name__).warning(
                     f"Trial {trial.number}: the bo model step failed ({reason}); proposing a space-filling point."
                 )
-                return self._next_design_point(history, rng)
+                return self.next_design_point(history, rng)
         seen = history.seen()
         for x in result.X:
             candidate = self.space.project(search.blocks(x[None, :])[0])
             if not is_duplicate(candidate, seen, tol=1e-7):
                 return candidate
-        return self._next_design_point(history, rng)
+        return self.next_design_point(history, rng)
 
     def _model_step(
         self, study: Study, trial: FrozenTrial, history: History, search: SearchSpace, rng: np.random.Generator
@@ -253,11 +256,11 @@ class BoSampler(BlockSampler):
         acqf = self.acquisition(model, history, search, seed=int(rng.integers(2**31)))
         # The trust region is a tool for the full block vector; a few knots are searched whole.
         full = search.to_blocks is None
-        box = self._trust_region(history, search, model) if self.trust_region and full else search.space
+        box = self._trust_region(history, search, model) if self.options.trust_region and full else search.space
         return self.optimize(acqf, box, history, search, rng)
 
     def _search(self, history: History) -> SearchSpace:
-        if self._profile is not None and history.n < self.profile_trials:
+        if self._profile is not None and history.n < self.options.profile_trials:
             return SearchSpace(space=self._profile, to_blocks=self._M)
         return SearchSpace(space=self.space, to_blocks=None)
 
@@ -265,27 +268,29 @@ class BoSampler(BlockSampler):
 
     def design(self) -> np.ndarray:
         """The initial design, an ``(n_initial + spare) x d`` array: uniform vector, then maximin order."""
-        key = ("bo-design", self.seed, self.n_initial, self.profile_knots)
+        n_initial = self.options.n_initial
+        key = ("bo-design", self.seed, n_initial, self._knots)
         cached = self.space._cache.get(key)
         if cached is None:
             if self._profile is not None and self._M is not None:
                 kspace = self._profile
                 first = kspace.uniform_vector()[None, :]
-                rest = kspace.sample(self.n_initial + _DESIGN_SPARE - 1, seed=self.seed, start=first)
+                rest = kspace.sample(n_initial + _DESIGN_SPARE - 1, seed=self.seed, start=first)
                 cached = self.space.project(np.concatenate([first, rest]) @ self._M.T)
             else:
                 first = self.space.uniform_vector()[None, :]
-                rest = self.space.sample(self.n_initial + _DESIGN_SPARE - 1, seed=self.seed, start=first)
+                rest = self.space.sample(n_initial + _DESIGN_SPARE - 1, seed=self.seed, start=first)
                 cached = np.concatenate([first, rest])
             self.space._cache[key] = cached
         return cached.copy()
 
-    def _next_design_point(self, history: History, rng: np.random.Generator) -> np.ndarray:
+    def next_design_point(self, history: History, rng: np.random.Generator) -> np.ndarray:
+        """The first point of the initial design not yet evaluated or pending (else an unseen polytope point)."""
         seen = history.seen()
         for x in self.design():
             if not is_duplicate(x, seen, tol=1e-7):
                 return x
-        pool = self.space.polytope_pool(seed=self.seed, size=self.raw_samples)
+        pool = self.space.polytope_pool(seed=self.seed, size=self.options.raw_samples)
         for i in rng.permutation(pool.shape[0]):
             if not is_duplicate(pool[i], seen, tol=1e-7):
                 return pool[i]
@@ -317,7 +322,7 @@ class BoSampler(BlockSampler):
         """qLogNEI on the evaluated points, with the pending points of running trials as ``X_pending``."""
         search = search or SearchSpace(space=self.space, to_blocks=None)
         pending = search.features(history.pending) if history.pending.shape[0] else None
-        return log_nei(model, search.features(history.X), pending, mc_samples=self.mc_samples, seed=seed)
+        return log_nei(model, search.features(history.X), pending, mc_samples=self.options.mc_samples, seed=seed)
 
     def observation_noise(self, history: History) -> float:
         """The observation variance of ``log(value)``: the option, or the estimate from promoted trials."""
@@ -326,8 +331,8 @@ class BoSampler(BlockSampler):
     def noise_of(self, trials: Iterable[FrozenTrial]) -> float:
         """The observation variance of ``log(value)`` for a GP on ``trials``: the option, or the estimate from
         those of them promoted to fresh sequences (:func:`screen_noise`)."""
-        if self.noise_variance != "auto":
-            return float(self.noise_variance)
+        if self.options.noise_variance != "auto":
+            return float(self.options.noise_variance)
         estimate = screen_noise(trials)
         return _MIN_NOISE if estimate is None else max(_MIN_NOISE, estimate)
 
@@ -339,10 +344,11 @@ class BoSampler(BlockSampler):
         """Feasible candidates in ``box`` (search coordinates) to choose restarts from: a hit-and-run pool
         (of the search space; projected into a trust region), plus Gaussian perturbations of the five best
         points along the constraint at several scales."""
-        base = search.space.polytope_pool(seed=self.seed, size=self.raw_samples)
+        raw_samples = self.options.raw_samples
+        base = search.space.polytope_pool(seed=self.seed, size=raw_samples)
         if box is not search.space:
             lo, hi = box.lower_array(), box.upper_array()
-            base = box.project(lo + (hi - lo) * rng.random((self.raw_samples, box.dim)))
+            base = box.project(lo + (hi - lo) * rng.random((raw_samples, box.dim)))
         feats = search.features(history.X)
         best = feats[np.argsort(history.y, kind="stable")[:5]]
         span = box.upper_array() - box.lower_array()
@@ -365,10 +371,11 @@ class BoSampler(BlockSampler):
     ) -> AcqResult:
         """Maximise ``acqf`` over ``box`` from restarts chosen among :meth:`raw_points`."""
         raw = self.raw_points(box, history, search, rng)
-        starts, _ = select_starts(acqf, raw, self.num_restarts)
-        if self.optimizer == "slsqp":
+        o = self.options
+        starts, _ = select_starts(acqf, raw, o.num_restarts)
+        if o.optimizer == "slsqp":
             return optimize_slsqp(acqf, box, starts)
-        return optimize_nullspace(acqf, box, starts, round_iters=self.round_iters, max_rounds=self.max_rounds)
+        return optimize_nullspace(acqf, box, starts, round_iters=o.round_iters, max_rounds=o.max_rounds)
 
     # ------------------------------------------------------------------ trust region
 
@@ -381,7 +388,8 @@ class BoSampler(BlockSampler):
         logs = np.log(history.y[order])
         fail_tol = max(4, self.space.dim)
         length, succ, fail = self.trust_region_init, 0, 0
-        first = self.n_initial if self._profile is None else max(self.n_initial, self.profile_trials)
+        n_initial, profile_trials = self.options.n_initial, self.options.profile_trials
+        first = n_initial if self._profile is None else max(n_initial, profile_trials)
         best = float(np.min(logs[:first])) if logs.size else math.inf
         for v in logs[first:]:
             if v < best - 1e-3:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import optuna
@@ -43,7 +43,7 @@ import torch
 from allocator import trial_attributes as attrs
 from allocator._constraint import ConstraintSpace
 from allocator.errors import first_line
-from allocator.samplers._base import History, _check_study, collect_history, is_duplicate
+from allocator.samplers._base import History, ProposalSampler, collect_history, is_duplicate
 from allocator.samplers._bo import (
     BoOptions,
     BoSampler,
@@ -57,22 +57,27 @@ from allocator.samplers._bo import (
     single_threaded,
 )
 from allocator.samplers._frontier import TargetView, next_in_turn
+from allocator.samplers._registry import SamplerOptions, register_frontier
 
 if TYPE_CHECKING:
     from botorch.acquisition import AcquisitionFunction
-    from optuna.distributions import BaseDistribution
     from optuna.study import Study
     from optuna.trial import FrozenTrial
 
 
-class FrontierBoSampler(BoSampler):
-    """``bo`` across the targets of a frontier study (see the module docstring).
+@register_frontier("bo")
+class FrontierBoSampler(ProposalSampler):
+    """``bo`` across the targets of a frontier study (see the module docstring): one GP across the targets, and
+    one single-target :class:`BoSampler` per target for that target's design and acquisition optimisation.
 
     Args:
         spaces: The constraint space of each target (the same bounds; at least two targets).
         seed: The seed.
         options: :class:`BoOptions` (or its fields as keywords).
     """
+
+    Options: ClassVar[type[SamplerOptions]] = BoOptions
+    options: BoOptions
 
     def __init__(
         self,
@@ -84,33 +89,29 @@ class FrontierBoSampler(BoSampler):
     ) -> None:
         self._targets = tuple(sorted(spaces))
         super().__init__(space=spaces[self._targets[0]], seed=seed, options=options, **values)
-        # One single-target bo per target: its design, raw points and acquisition optimisation.
         self._members = {t: BoSampler(space=spaces[t], seed=self.seed, options=self.options) for t in self._targets}
+        # Every target has the same blocks and bounds, hence the same profile (if any).
+        self._M = self._members[self._targets[0]].profile_map
 
     @property
     def targets(self) -> tuple[float, ...]:
+        """The study's targets, ascending."""
         return self._targets
 
-    # ------------------------------------------------------------------ Optuna interface
+    # ------------------------------------------------------------------ the publish path's steps
 
-    def sample_relative(
-        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
-    ) -> dict[str, Any]:
-        if not search_space or attrs.FIXED_PARAMS in trial.system_attrs:
-            return {}  # a retried trial evaluates the vector (and target) it was enqueued with
-        _check_study(study)
-        attrs.set_system_attr(study, trial, attrs.SAMPLER, self.name)
-        with self._proposal_lock():
-            histories = {
-                t: collect_history(TargetView(study, t, self._targets), trial, self._members[t].space)
-                for t in self._targets
-            }
-            target, vector = self.propose_frontier(study, trial, histories)
-            member = self._members[target]
-            vector = np.clip(vector, member.space.lower_array(), member.space.upper_array())
-            attrs.assign_target(study, trial, target)
-            attrs.set_system_attr(study, trial, attrs.PROPOSAL, [float(v) for v in vector])
-        return {name: float(v) for name, v in zip(self.space.param_names, vector, strict=True) if name in search_space}
+    def proposes_for(self, trial: FrozenTrial) -> bool:
+        return attrs.FIXED_PARAMS not in trial.system_attrs  # a retried trial keeps its enqueued vector and target
+
+    def place(self, study: Study, trial: FrozenTrial) -> tuple[ConstraintSpace, np.ndarray]:
+        """Choose the trial's target and vector from every target's history, and give the trial its target."""
+        histories = {
+            t: collect_history(TargetView(study, t, self._targets), trial, member.space)
+            for t, member in self._members.items()
+        }
+        target, vector = self.propose_frontier(study, trial, histories)
+        attrs.assign_target(study, trial, target)
+        return self._members[target].space, vector
 
     # ------------------------------------------------------------------ proposal
 
@@ -125,11 +126,11 @@ class FrontierBoSampler(BoSampler):
             warnings.filterwarnings("ignore", message="A not p.d., added jitter")
             warnings.filterwarnings("ignore", message="Very small noise values detected")
             torch.manual_seed(int(rng.integers(2**31)))
-            initial = max(2, math.ceil(self.n_initial / len(self._targets)))
+            initial = max(2, math.ceil(self.options.n_initial / len(self._targets)))
             short = [t for t in candidates if histories[t].n < initial]
             if short or any(histories[t].n == 0 for t in self._targets):
                 target = self._fewest(study, trial, short or list(candidates))
-                return target, self._members[target]._next_design_point(histories[target], rng)
+                return target, self._members[target].next_design_point(histories[target], rng)
             if self.options.target_choice == "turn" and fixed is None:
                 candidates = (self._fewest(study, trial, list(candidates)),)
             candidates = self._behind(histories, candidates)
@@ -142,7 +143,7 @@ class FrontierBoSampler(BoSampler):
                     f"Trial {trial.number}: the bo model step failed ({reason}); proposing a space-filling point."
                 )
                 target = self._fewest(study, trial, list(candidates))
-                return target, self._members[target]._next_design_point(histories[target], rng)
+                return target, self._members[target].next_design_point(histories[target], rng)
 
     def _behind(self, histories: dict[float, History], candidates: tuple[float, ...]) -> tuple[float, ...]:
         """The candidates below half their fair share of the study's trials (finished and pending), if any.
@@ -161,7 +162,7 @@ class FrontierBoSampler(BoSampler):
 
     def searches(self, n_complete: int) -> dict[float, SearchSpace]:
         """Each target's search space: its depth knots during the profile phase, else its block vector."""
-        phase_end = self.profile_trials * max(1.0, len(self._targets) / 2)
+        phase_end = self.options.profile_trials * max(1.0, len(self._targets) / 2)
         if self._M is not None and n_complete < phase_end:
             knots = {t: knot_space(m.space, self._M) for t, m in self._members.items()}
             if all(k is not None for k in knots.values()):
@@ -194,7 +195,7 @@ class FrontierBoSampler(BoSampler):
         phase = "frontier-" + ("full" if first.to_blocks is None else f"knots{first.to_blocks.shape[1]}")
         every = [t for h in histories.values() for t in (*h.trials, *h.pending_trials)]
         warm = latest_hyperparameters(every, phase, X.shape[1])
-        noise = self.noise_of(t for h in histories.values() for t in h.trials)
+        noise = self._members[self._targets[0]].noise_of(t for h in histories.values() for t in h.trials)
         model = fit_gp(X, -Y, self.input_bounds(first), noise=noise, warm_start=warm)
         attrs.set_system_attr(study, trial, attrs.BO_GP, gp_hyperparameters(model, phase))
         choice: dict[str, float] = {}
@@ -210,7 +211,7 @@ class FrontierBoSampler(BoSampler):
         attrs.set_system_attr(study, trial, attrs.FRONTIER_CHOICE, choice)
         if best is None:  # every optimum is a point already seen: a design point of the next target in turn
             target = self._fewest(study, trial, list(candidates))
-            return target, self._members[target]._next_design_point(histories[target], rng)
+            return target, self._members[target].next_design_point(histories[target], rng)
         return best[1], best[2]
 
     def _best_at(
@@ -229,7 +230,7 @@ class FrontierBoSampler(BoSampler):
     def _acquisition_at(self, model: Any, target: float, search: SearchSpace, history: History) -> Any:
         pending = self.inputs(search, history.pending, target) if history.pending.shape[0] else None
         acqf = log_nei(
-            model, self.inputs(search, history.X, target), pending, mc_samples=self.mc_samples, seed=self.seed
+            model, self.inputs(search, history.X, target), pending, mc_samples=self.options.mc_samples, seed=self.seed
         )
         return _at_target(acqf, target)
 

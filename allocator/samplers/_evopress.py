@@ -81,25 +81,21 @@ class EvoPressSampler(BlockSampler):
         options: :class:`EvoPressOptions` (or its fields as keywords).
     """
 
-    name: ClassVar[str] = "evopress"
     Options: ClassVar[type[SamplerOptions]] = EvoPressOptions
+    options: EvoPressOptions
 
     def __init__(
         self, *, space: ConstraintSpace, seed: int | None = None, options: EvoPressOptions | None = None, **values: Any
     ) -> None:
         super().__init__(space=space, seed=seed, options=options, **values)
         o = self.options
-        assert isinstance(o, EvoPressOptions)
         t = space.target
-        self._offspring = o.offspring
-        self._num_levels = o.num_levels
         self._step = 0.5 * min(t, 1.0 - t) / o.num_levels if o.step is None else o.step
-        self._max_flips = o.max_flips
         self._stages = None if o.stages is None else [(int(n), int(k)) for n, k in o.stages]
 
     def generation(self, number: int) -> int:
         """The generation of trial ``number`` (trial 0, the uniform start, is generation −1)."""
-        return -1 if number == 0 else (number - 1) // self._offspring
+        return -1 if number == 0 else (number - 1) // self.options.offspring
 
     def propose(self, study: Study, trial: FrozenTrial, history: History) -> np.ndarray:
         if self._stages is not None:
@@ -127,8 +123,8 @@ class EvoPressSampler(BlockSampler):
         parent = history.X[int(np.argmax(history.numbers))].copy() if history.n else start
         rng = self.rng(trial)
         offspring: list[np.ndarray] = []
-        for _ in range(1000 * self._offspring):
-            if len(offspring) == self._offspring:
+        for _ in range(1000 * self.options.offspring):
+            if len(offspring) == self.options.offspring:
                 break
             child = self._mutate(parent, start, rng)
             if child is None:
@@ -143,7 +139,7 @@ class EvoPressSampler(BlockSampler):
 
     def parent(self, history: History, generation: int, start: np.ndarray) -> np.ndarray:
         """The best finished vector among trials of earlier generations, or ``start`` if none finished."""
-        first_of_generation = 1 + generation * self._offspring
+        first_of_generation = 1 + generation * self.options.offspring
         mask = history.numbers < first_of_generation
         if not mask.any():
             return start
@@ -156,11 +152,12 @@ class EvoPressSampler(BlockSampler):
         quantum = self._step * float(w.mean())  # weights per level
         delta = quantum / w  # sparsity of one level, per block
         child = parent.copy()
-        flips = min(int(rng.integers(1, self._max_flips + 1)), int(rng.integers(1, self._max_flips + 1)))
+        max_flips, num_levels = self.options.max_flips, self.options.num_levels
+        flips = min(int(rng.integers(1, max_flips + 1)), int(rng.integers(1, max_flips + 1)))
         for _ in range(flips):
             level = (child - start) / delta
-            can_decr = np.flatnonzero((child - delta >= lo - 1e-12) & (level - 1 >= -self._num_levels - 1e-9))
-            can_incr = np.flatnonzero((child + delta <= hi + 1e-12) & (level + 1 <= self._num_levels + 1e-9))
+            can_decr = np.flatnonzero((child - delta >= lo - 1e-12) & (level - 1 >= -num_levels - 1e-9))
+            can_incr = np.flatnonzero((child + delta <= hi + 1e-12) & (level + 1 <= num_levels + 1e-9))
             if can_decr.size == 0 or can_incr.size == 0:
                 return None
             i = int(rng.choice(can_decr))

@@ -87,15 +87,14 @@ class RandomBlockSampler(BlockSampler):
         options: :class:`RandomOptions` (or its fields as keywords).
     """
 
-    name: ClassVar[str] = "random"
     Options: ClassVar[type[SamplerOptions]] = RandomOptions
+    options: RandomOptions
 
     def __init__(
         self, *, space: ConstraintSpace, seed: int | None = None, options: RandomOptions | None = None, **values: Any
     ) -> None:
         super().__init__(space=space, seed=seed, options=options, **values)
         o = self.options
-        assert isinstance(o, RandomOptions)
         m = int(space.free_mask.sum())
         self._n_burnin = o.n_burnin if o.n_burnin is not None else 200 * m
         self._n_thinning = o.n_thinning if o.n_thinning is not None else max(8, m)

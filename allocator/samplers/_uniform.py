@@ -26,7 +26,6 @@ class UniformSampler(BlockSampler):
     """
 
     max_trials: ClassVar[int | None] = 1
-    name: ClassVar[str] = "uniform"
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         others = [
@@ -50,5 +49,3 @@ class GreedyUniformSampler(UniformSampler):
     The proposal is the uniform vector; what makes it TEAL's method is the study's ``greedy`` site split,
     which the registry requires of a study using this sampler.
     """
-
-    name: ClassVar[str] = "greedy"

@@ -41,7 +41,6 @@ from optuna.trial import TrialState
 from pydantic import Field
 
 from allocator import trial_attributes as attrs
-from allocator._constraint import ConstraintSpace
 from allocator.samplers._base import BlockSampler, History
 from allocator.samplers._registry import SamplerOptions, register_sampler
 
@@ -84,22 +83,8 @@ class WasSampler(BlockSampler):
         options: :class:`WasOptions` (or its fields as keywords).
     """
 
-    name: ClassVar[str] = "was"
     Options: ClassVar[type[SamplerOptions]] = WasOptions
-
-    def __init__(
-        self, *, space: ConstraintSpace, seed: int | None = None, options: WasOptions | None = None, **values: Any
-    ) -> None:
-        super().__init__(space=space, seed=seed, options=options, **values)
-        o = self.options
-        assert isinstance(o, WasOptions)
-        self._start_width = o.start_width
-        self._cap = o.cap
-        self._max_step = o.max_step
-        self._band = o.band
-        self._penalty = o.penalty
-        self._n_startup = o.n_startup_trials
-        self._max_attempts = o.max_attempts
+    options: WasOptions
 
     # ------------------------------------------------------------------ the parametrisation
 
@@ -108,8 +93,8 @@ class WasSampler(BlockSampler):
         WAS every block has the same rule)."""
         t = self.space.target
         if previous is None:
-            return max(t - self._start_width, 0.0), t
-        return previous, min(max(t + self._cap, previous), previous + self._max_step, 1.0)
+            return max(t - self.options.start_width, 0.0), t
+        return previous, min(max(t + self.options.cap, previous), previous + self.options.max_step, 1.0)
 
     def distributions(self, raw: np.ndarray) -> dict[str, FloatDistribution]:
         """The distributions WAS's TPE used for the raw vector ``raw`` (they depend on the earlier values)."""
@@ -129,7 +114,7 @@ class WasSampler(BlockSampler):
     def score(self, raw: np.ndarray) -> float | None:
         """WAS's penalty for a raw vector outside the band, or None if it is inside (then it is evaluated)."""
         miss = self.miss(raw)
-        return 3.0 * self._penalty * miss if miss > self._band else None
+        return 3.0 * self.options.penalty * miss if miss > self.options.band else None
 
     # ------------------------------------------------------------------ proposal
 
@@ -137,7 +122,7 @@ class WasSampler(BlockSampler):
         inner, any_running = self._rebuild(study, trial)
         sampler = optuna.samplers.TPESampler(
             seed=int(self.rng(trial).integers(2**31)),
-            n_startup_trials=self._n_startup,
+            n_startup_trials=self.options.n_startup_trials,
             constant_liar=any_running,
         )
         inner.sampler = sampler
@@ -145,7 +130,7 @@ class WasSampler(BlockSampler):
         best_raw: np.ndarray | None = None
         best_miss = math.inf
         accepted: np.ndarray | None = None
-        for _ in range(self._max_attempts):
+        for _ in range(self.options.max_attempts):
             itrial = inner.ask()
             raw = self._suggest_raw(itrial)
             penalty = self.score(raw)

@@ -12,13 +12,18 @@ storage URL it is given, e.g. a SQLite file) and runs the objective the way a st
   uninterrupted one would;
 * single-point samplers (``max_trials == 1``) refuse a second proposal with one clear sentence.
 
+Every sampler's frontier variant (:func:`~allocator.samplers.create_frontier_sampler`, a study of the targets of
+:data:`CONTRACT_SPACES`) passes the same contract, target by target (the ``check_frontier_*`` functions): every
+trial gets a target and meets that target's constraint, every target gets trials, and a pending point, a resumed
+study and a single-point sampler behave as above at each target.
+
 The checks of a capability assert that the sampler has it (as Optuna's ``testing/pytest_samplers.py``
 runs each capability's tests only for the samplers that declare it): no check passes without checking.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -27,7 +32,14 @@ import optuna
 from allocator import ConstraintSpace
 from allocator import trial_attributes as attrs
 from allocator.errors import InputError
-from allocator.samplers import BlockSampler, create_sampler, suggest_allocation
+from allocator.samplers import (
+    BlockSampler,
+    ProposalSampler,
+    TargetsInTurn,
+    create_frontier_sampler,
+    create_sampler,
+    suggest_allocation,
+)
 
 #: A small space with the awkward parts: unequal weights, per-block bounds, one pinned block.
 CONTRACT_SPACE = ConstraintSpace(
@@ -36,6 +48,14 @@ CONTRACT_SPACE = ConstraintSpace(
     lower=[0.0, 0.0, 0.1, 0.0, 0.0, 0.3, 0.0, 0.0],
     upper=[0.9, 0.9, 0.9, 0.9, 0.9, 0.3, 0.9, 0.8],
 )
+
+#: A frontier study's spaces: two targets on the blocks and bounds of :data:`CONTRACT_SPACE`.
+CONTRACT_SPACES = {
+    target: ConstraintSpace(
+        weights=CONTRACT_SPACE.weights, target=target, lower=CONTRACT_SPACE.lower, upper=CONTRACT_SPACE.upper
+    )
+    for target in (0.3, 0.5)
+}
 
 _SENSITIVITY = np.array([2.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.25, 0.9])
 
@@ -143,3 +163,120 @@ def check_single_point(make: SamplerFactory) -> None:
         raise AssertionError("a single-point sampler accepted a second trial")
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL], states
+
+
+# ---------------------------------------------------------------------------- frontier variants
+
+
+def frontier_factory(
+    name: str, spaces: Mapping[float, ConstraintSpace] = CONTRACT_SPACES, **options: Any
+) -> SamplerFactory:
+    """A function of the seed building the frontier variant of sampler ``name`` for ``spaces``."""
+    return lambda seed: create_frontier_sampler(name, spaces=spaces, seed=seed, **options)
+
+
+def _frontier_objective(trial: optuna.Trial) -> float:
+    trial.relative_params  # noqa: B018 - a sampler that learns across targets chooses the target when it samples
+    target = attrs.trial_target(trial)  # type: ignore[arg-type]
+    assert target in CONTRACT_SPACES, f"trial {trial.number} has no target of the study: {target!r}"
+    return contract_objective(suggest_allocation(trial, CONTRACT_SPACES[target]))
+
+
+def _members(sampler: optuna.samplers.BaseSampler) -> list[optuna.samplers.BaseSampler]:
+    """The samplers that propose: each target's for targets taking turns, else the frontier sampler itself."""
+    if isinstance(sampler, TargetsInTurn):
+        return [sampler.sampler_for(t) for t in sampler.targets]
+    return [sampler]
+
+
+def _frontier_n(sampler: optuna.samplers.BaseSampler, n: int) -> int:
+    limit = getattr(_members(sampler)[0], "max_trials", None)
+    return n if limit is None else min(n, int(limit) * len(CONTRACT_SPACES))
+
+
+def _placed(study: optuna.Study) -> list[tuple[float, np.ndarray]]:
+    return [(float(t.user_attrs[attrs.TARGET]), np.asarray(t.user_attrs["vector"])) for t in study.trials]
+
+
+def check_frontier_feasible(make: SamplerFactory, *, n_trials: int = 8, storage: str | None = None) -> None:
+    """Every trial gets one of the study's targets and evaluates a vector on that target's constraint (our
+    samplers' proposals need no repair); every target gets trials."""
+    sampler = make(0)
+    assert tuple(getattr(sampler, "targets", ())) == tuple(sorted(CONTRACT_SPACES)), "the sampler lost a target"
+    study = optuna.create_study(sampler=sampler, storage=storage)
+    study.optimize(_frontier_objective, n_trials=_frontier_n(sampler, n_trials))
+    ours = all(isinstance(m, ProposalSampler) for m in _members(sampler))
+    for t in study.trials:
+        assert t.state == optuna.trial.TrialState.COMPLETE, f"trial {t.number} is {t.state}"
+        space = CONTRACT_SPACES[t.user_attrs[attrs.TARGET]]
+        vec = np.asarray(t.user_attrs["vector"])
+        assert space.contains(vec, tol=1e-6), f"trial {t.number} misses its target with {vec}"
+        assert np.all(vec >= space.lower_array()) and np.all(vec <= space.upper_array()), f"trial {t.number}"
+        if ours:
+            assert t.user_attrs[attrs.PROJECTION_DISTANCE] <= 1e-9, f"trial {t.number}: the proposal was off"
+    assert {target for target, _ in _placed(study)} == set(CONTRACT_SPACES), "a target got no trial"
+
+
+def check_frontier_reproducible(make: SamplerFactory, *, n_trials: int = 6) -> None:
+    """The same seed gives the same targets and vectors."""
+    runs = []
+    for _ in range(2):
+        sampler = make(123)
+        study = optuna.create_study(sampler=sampler)
+        study.optimize(_frontier_objective, n_trials=_frontier_n(sampler, n_trials))
+        runs.append(_placed(study))
+    assert [t for t, _ in runs[0]] == [t for t, _ in runs[1]]
+    np.testing.assert_array_equal(np.array([v for _, v in runs[0]]), np.array([v for _, v in runs[1]]))
+
+
+def check_frontier_pending_not_duplicated(make: SamplerFactory, *, n_done: int = 6, storage: str | None = None) -> None:
+    """Trials asked and suggested but not told are pending: no two of them, at one target, get the same point,
+    and none repeats an evaluated point of its target (more pending trials than targets: two share one)."""
+    sampler = make(7)
+    assert getattr(_members(sampler)[0], "max_trials", None) is None, "only samplers with many points"
+    study = optuna.create_study(sampler=sampler, storage=storage)
+    study.optimize(_frontier_objective, n_trials=n_done)
+    placed = _placed(study)
+    for _ in range(len(CONTRACT_SPACES) + 1):
+        trial = study.ask()
+        trial.relative_params  # noqa: B018 - the target is chosen when the trial samples
+        target = float(trial.user_attrs[attrs.TARGET])
+        proposal = suggest_allocation(trial, CONTRACT_SPACES[target])
+        for other, vector in placed:
+            assert other != target or np.max(np.abs(proposal - vector)) > 1e-9, "a point was proposed again"
+        placed.append((target, proposal))
+
+
+def check_frontier_resumable(make: SamplerFactory, *, storage: str, n_first: int = 4, n_total: int = 7) -> None:
+    """A frontier study continued by a fresh sampler object proposes exactly what one uninterrupted sampler
+    would, targets included."""
+    assert all(isinstance(m, ProposalSampler) for m in _members(make(0))), "only our samplers keep no state"
+    whole = optuna.create_study(sampler=make(5))
+    whole.optimize(_frontier_objective, n_trials=_frontier_n(whole.sampler, n_total))
+    first = optuna.create_study(sampler=make(5), storage=storage, study_name="resume")
+    first.optimize(_frontier_objective, n_trials=_frontier_n(first.sampler, n_first))
+    resumed = optuna.load_study(study_name="resume", storage=storage, sampler=make(5))
+    remaining = _frontier_n(resumed.sampler, n_total) - len(resumed.trials)
+    if remaining > 0:
+        resumed.optimize(_frontier_objective, n_trials=remaining)
+    expected, got = _placed(whole), _placed(resumed)
+    assert [t for t, _ in got] == [t for t, _ in expected]
+    np.testing.assert_allclose(np.array([v for _, v in got]), np.array([v for _, v in expected]), rtol=0, atol=1e-12)
+
+
+def check_frontier_single_point(make: SamplerFactory) -> None:
+    """A single-point sampler's frontier variant gives each target its one trial, then refuses in one sentence."""
+    sampler = make(0)
+    assert getattr(_members(sampler)[0], "max_trials", None) == 1, "only single-point samplers refuse"
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(_frontier_objective, n_trials=len(CONTRACT_SPACES))
+    assert sorted(t for t, _ in _placed(study)) == sorted(CONTRACT_SPACES), "each target gets its one trial"
+    try:
+        study.optimize(_frontier_objective, n_trials=1)
+    except InputError as err:
+        message = str(err)
+        assert "single point" in message and message.count(". ") == 0, message
+    else:  # pragma: no cover - the assertion below reports it
+        raise AssertionError("a single-point sampler accepted a trial too many")
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE] * len(CONTRACT_SPACES) + [optuna.trial.TrialState.FAIL]

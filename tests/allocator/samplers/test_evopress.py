@@ -67,7 +67,7 @@ def test_generations_and_elitist_parent() -> None:
 
 def test_defaults_follow_evopress() -> None:
     sampler = create_sampler("evopress", space=SPACE, seed=0)
-    assert sampler._offspring == 8 and sampler._num_levels == 8 and sampler._stages == [(2, 2), (8, 1)]
+    assert sampler.options.offspring == 8 and sampler.options.num_levels == 8 and sampler._stages == [(2, 2), (8, 1)]
     assert sampler._step == pytest.approx(0.5 * 0.5 / 8)
 
 

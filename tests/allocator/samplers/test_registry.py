@@ -6,17 +6,24 @@ import optuna
 import pytest
 
 from allocator import ConstraintSpace, InputError
+from allocator import trial_attributes as attrs
 from allocator.samplers import (
     BoOptions,
+    ProposalSampler,
     SamplerOptions,
+    TargetsInTurn,
+    create_frontier_sampler,
     create_sampler,
     parse_options,
+    register_frontier,
     register_sampler,
     sampler_entry,
     sampler_names,
+    suggest_allocation,
 )
 
 SPACE = ConstraintSpace(weights=[1.0, 2.0, 3.0], target=0.4, lower=0.0, upper=0.9)
+SPACES = {t: ConstraintSpace(weights=[1.0, 2.0, 3.0], target=t, lower=0.0, upper=0.9) for t in (0.3, 0.5)}
 
 
 def test_every_registered_name_builds_a_sampler() -> None:
@@ -81,3 +88,52 @@ def test_seed_and_space_are_checked() -> None:
         create_sampler("random", space=SPACE, seed=1.5)
     with pytest.raises(InputError, match="`space`"):
         create_sampler("random", space=[1, 2, 3], seed=0)
+
+
+def test_every_sampler_has_a_frontier_variant_its_capability_declares() -> None:
+    """Only ``bo`` learns across targets; every other sampler runs once per target, the targets in turn."""
+    assert [name for name in sampler_names() if sampler_entry(name).learns_across_targets] == ["bo"]
+    for name in sampler_names():
+        sampler = create_frontier_sampler(name, spaces=SPACES, seed=0)
+        if sampler_entry(name).learns_across_targets:
+            assert isinstance(sampler, ProposalSampler) and not isinstance(sampler, TargetsInTurn)
+            assert sampler.options == parse_options(name)
+            continue
+        assert isinstance(sampler, TargetsInTurn) and sampler.targets == (0.3, 0.5)
+        for target in sampler.targets:  # the registry's own single-target sampler, on that target's space
+            inner = sampler.sampler_for(target)
+            assert type(inner) is type(create_sampler(name, space=SPACES[target], seed=0))
+            assert getattr(inner, "space", SPACES[target]) is SPACES[target]
+
+
+def test_the_name_is_written_once_and_recorded_on_every_proposal() -> None:
+    for name in sampler_names():
+        entry = sampler_entry(name)
+        for factory in (entry.factory, entry.frontier):
+            assert not isinstance(factory, type) or factory.name == name
+    for make in (
+        lambda: create_sampler("evopress", space=SPACE, seed=0),
+        lambda: create_frontier_sampler("bo", spaces=SPACES, seed=0, n_initial=2),
+    ):
+        study = optuna.create_study(sampler=make())
+        trial = study.ask()
+        trial.relative_params  # noqa: B018 - the proposal is made (and its sampler recorded) when the trial samples
+        space = SPACES.get(attrs.trial_target(trial), SPACE)  # type: ignore[arg-type]
+        suggest_allocation(trial, space)
+        assert study.trials[0].system_attrs[attrs.SAMPLER] in ("evopress", "bo")
+
+
+def test_frontier_options_are_validated_like_the_samplers() -> None:
+    for name in ("bo", "random"):
+        with pytest.raises(InputError) as info:
+            create_frontier_sampler(name, spaces=SPACES, seed=0, bogus=1)
+        assert f"Unknown option `bogus` for sampler '{name}'" in str(info.value)
+    with pytest.raises(InputError, match="Unknown sampler 'grid'"):
+        create_frontier_sampler("grid", spaces=SPACES, seed=0)
+
+
+def test_a_frontier_variant_is_registered_once_for_a_registered_sampler() -> None:
+    with pytest.raises(RuntimeError, match="already has its own frontier variant"):
+        register_frontier("bo")(lambda **kwargs: None)
+    with pytest.raises(RuntimeError, match="is not registered"):
+        register_frontier("grid")(lambda **kwargs: None)
