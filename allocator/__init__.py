@@ -4,7 +4,8 @@ Nothing here knows about databases. The public names are listed in ``__all__``; 
 tests and benchmarks) use only these, never a private module (``make lint`` refuses such an import).
 Heavy modules (torch, transformers, botorch) are imported on first use of a name, so ``import allocator``
 and the command line's ``--help`` stay fast. The samplers live in :mod:`allocator.samplers`, the trial
-attributes in :mod:`allocator.trial_attributes`, the errors in :mod:`allocator.errors`.
+attributes in :mod:`allocator.trial_attributes`, the errors in :mod:`allocator.errors`, and the checks of
+the paths a user gives (one sentence, never a traceback) in :mod:`allocator.paths`.
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ _LAZY: dict[str, str] = {
     "resolve_placement": "allocator._device",
     "EMBEDDED_MODELS": "allocator._models",
     "LoadedModel": "allocator._models",
+    "ModelShape": "allocator._models",
     "check_model_source": "allocator._models",
+    "check_seq_len": "allocator._models",
     "load_model": "allocator._models",
+    "model_shape": "allocator._models",
     "model_fingerprint": "allocator._models",
     "EMBEDDED_CORPORA": "allocator._data",
     "TextCorpus": "allocator._data",
@@ -80,6 +84,8 @@ _LAZY: dict[str, str] = {
     "write_lookup": "allocator._lookup",
     "lookup_thresholds": "allocator._lookup",
     "write_lookup_file": "allocator._lookup",
+    "LOOKUP_TOLERANCE": "allocator._lookup_checks",
+    "check_lookup": "allocator._lookup_checks",
     "FRONTIER_FORMAT": "allocator._frontier_lookup",
     "QUANTILE_LEVELS": "allocator._frontier_lookup",
     "build_frontier_index": "allocator._frontier_lookup",

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from allocator.errors import DataSourceError, InputError
+from allocator.paths import path_errors, path_kind, path_problem
 
 if TYPE_CHECKING:
     import torch
@@ -115,9 +116,19 @@ def _tokens_hash(tokens: torch.Tensor) -> str:
     return hashlib.sha256(tokens.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()
 
 
-def check_text_source(source: str | os.PathLike[str]) -> None:
-    """Check that ``source`` names a readable kind of text source, without reading it."""
-    _locate_text(source)
+def check_text_source(source: str | os.PathLike[str], *, text_field: str = "text") -> None:
+    """Check that ``source`` can be read and holds text, as :func:`load_text` reads it for a run.
+
+    Opening, decoding and parsing the source is what tells an empty file, a non-UTF-8 or binary file, a
+    folder with no ``.txt`` or malformed JSONL from usable text, so this is :func:`load_text` itself (no
+    second reader to drift from the first); no tokenizer is needed. Whether the text holds enough tokens is
+    only known once it is tokenised, when the first worker cuts it.
+    """
+    load_text(source, text_field=text_field)
+
+
+#: A folder holding one of these is a dataset saved with ``save_to_disk``.
+_DATASET_FILES = ("dataset_info.json", "dataset_dict.json")
 
 
 def _locate_text(source: str | os.PathLike[str]) -> tuple[str, Path | None]:
@@ -126,12 +137,14 @@ def _locate_text(source: str | os.PathLike[str]) -> tuple[str, Path | None]:
     if name in EMBEDDED_CORPORA:
         return name, None
     path = Path(source).expanduser()
-    if not path.exists():
+    subject = f"Data source {name!r} cannot be read"
+    kind = path_kind(path, subject, error=DataSourceError)
+    if kind == "missing":
         raise DataSourceError(
             f"Data source {name!r} is neither an embedded corpus ({', '.join(EMBEDDED_CORPORA)}) nor an existing path."
         )
-    if path.is_dir():
-        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+    if kind == "directory":
+        if any(path_kind(path / info, subject, error=DataSourceError) == "file" for info in _DATASET_FILES):
             return "hf-dataset", path
         return "txt-folder", path
     if path.suffix.lower() == ".jsonl":
@@ -168,12 +181,17 @@ def load_text(source: str | os.PathLike[str], *, text_field: str = "text") -> Te
 
 
 def _read_text(path: Path) -> str:
+    """A file's UTF-8 text; a file that does not decode, or holds NUL bytes (binary data that happens to
+    decode), is refused."""
     try:
-        return path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise DataSourceError(f"Data file {str(path)!r} is not UTF-8 text ({error.reason}).") from error
     except OSError as error:
-        raise DataSourceError(f"Data file {str(path)!r} cannot be read: {error.strerror}.") from error
+        raise DataSourceError(f"Data file {str(path)!r} cannot be read: {path_problem(error)}.") from error
+    if "\x00" in text:
+        raise DataSourceError(f"Data file {str(path)!r} holds NUL bytes: it is binary, not text.")
+    return text
 
 
 def _load_pydoc() -> TextCorpus:
@@ -227,7 +245,9 @@ def _unmojibake(text: str) -> str:
 
 
 def _load_txt_folder(path: Path) -> TextCorpus:
-    files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+    with path_errors(f"Data folder {str(path)!r} cannot be read", error=DataSourceError):
+        os.listdir(path)  # rglob passes over a folder it may not list: say so rather than "no .txt files"
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
     if not files:
         raise DataSourceError(f"Data folder {str(path)!r} holds no .txt files and is not a saved dataset.")
     return TextCorpus(source=str(path), kind="txt", documents=tuple(_read_text(p) for p in files))

@@ -11,6 +11,7 @@ import ctypes
 import errno
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -66,6 +67,7 @@ def atomic_write_directory(path: str | os.PathLike[str], fill: Callable[[Path], 
     ``renameat2(RENAME_EXCHANGE)`` call and the old content deleted afterwards, so a reader or a crash sees
     the complete old directory or the complete new one, never a mix. (Where the kernel lacks the exchange,
     two renames are used and a crash between them leaves the old directory beside the target as ``.old``.)
+    A replaced directory keeps its permissions (root may replace a read-only one; it stays read-only).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -73,6 +75,8 @@ def atomic_write_directory(path: str | os.PathLike[str], fill: Callable[[Path], 
     try:
         os.chmod(staging, _umask_mode(0o777))
         fill(staging)
+        if target.is_dir():
+            os.chmod(staging, stat.S_IMODE(os.stat(target).st_mode))
         if not target.exists():
             os.rename(staging, target)
         elif _exchange(staging, target):

@@ -40,6 +40,7 @@ from allocator._lookup import (
     read_lookup,
     tool_version,
 )
+from allocator._lookup_checks import check_lookup
 from allocator.errors import InputError, LookupFileError
 
 FRONTIER_FORMAT = "sparsealloc.frontier/v1"
@@ -141,7 +142,8 @@ def frontier_point(path: str | Path, sparsity: float | None = None) -> dict[str,
     the point's own lookup is returned with a ``frontier`` entry added, between two targets the interpolation
     of the two neighbouring points (see the module docstring), whose ``frontier`` entry names both and ``λ``.
     Every other case is one sentence (:class:`~allocator.InputError` for the sparsity,
-    :class:`~allocator.LookupFileError` for the files).
+    :class:`~allocator.LookupFileError` for the files). Every point read, and the interpolation, pass
+    :func:`allocator._lookup_checks.check_lookup` (without the model's site weights: bounds on the means).
     """
     if sparsity is not None and (isinstance(sparsity, bool) or not 0.0 < float(sparsity) < 1.0):
         raise InputError(f"The value of `sparsity` should be in (0, 1), got {sparsity}.")
@@ -168,6 +170,7 @@ def frontier_point(path: str | Path, sparsity: float | None = None) -> dict[str,
     weight = (sparsity - targets[upper - 1]) / (targets[upper] - targets[upper - 1])
     lookup = interpolate_lookups(_point(root, index, upper - 1), _point(root, index, upper), weight)
     lookup["target_sparsity"] = sparsity
+    check_lookup(lookup, f"Lookup {str(lookup_file(path))!r} at sparsity {sparsity:g}")  # points checked: a guard
     lookup["frontier"] = {"lookup": str(root), "targets": [targets[upper - 1], targets[upper]], "weight": weight}
     return lookup
 
@@ -184,12 +187,17 @@ def _single(path: str | Path, sparsity: float | None) -> dict[str, Any]:
 
 
 def _point(root: Path, index: dict[str, Any], position: int) -> dict[str, Any]:
-    """Point ``position``'s lookup, checked against the index: the same model and its target."""
+    """Point ``position``'s lookup, checked against the index: the same model (and block count) and its target."""
     entry = index["points"][position]
     lookup = read_lookup(root / entry["directory"])
     if lookup["model"]["fingerprint"] != index["model"]["fingerprint"]:
         raise LookupFileError(
             f"Lookup {str(root / entry['directory'])!r} is for another model than its frontier's index."
+        )
+    if lookup["model"]["n_blocks"] != index["model"]["n_blocks"]:
+        raise LookupFileError(
+            f"Lookup {str(lookup_file(root / entry['directory']))!r}: model.n_blocks is "
+            f"{lookup['model']['n_blocks']}, but its frontier's index has {index['model']['n_blocks']}."
         )
     target = lookup.get("target_sparsity")
     if not isinstance(target, float | int) or abs(float(target) - float(entry["target"])) > _AT_TARGET:

@@ -12,8 +12,11 @@ sparsity of the top-level ``quantile_levels`` (from that point's calibration und
 is what interpolating between frontier points needs (see :mod:`allocator._frontier_lookup`).
 
 The loader refuses a lookup of another format version, another architecture or another model
-(fingerprint) with one sentence, and never unpickles anything: the lookup is JSON. :func:`load_lookup` also
-loads a frontier export (``sparsealloc.frontier/v1``) at a sparsity within its range.
+(fingerprint) with one sentence, and never unpickles anything: the lookup is JSON. Every reader (this
+module's, the frontier's, ``sparsealloc apply``, the NNCF integration) also refuses a lookup that type-checks
+but means nothing (duplicate block indices, a block sparsity that is not its sites' weighted mean, a
+decreasing quantile table…) through one check, :func:`allocator._lookup_checks.check_lookup`.
+:func:`load_lookup` also loads a frontier export (``sparsealloc.frontier/v1``) at a sparsity within its range.
 """
 
 from __future__ import annotations
@@ -23,17 +26,18 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from allocator._adapters import SITE_NAMES, ModelAdapter
 from allocator._files import atomic_write_directory
+from allocator._lookup_checks import check_lookup, check_lookup_structure
 from allocator._models import model_fingerprint
 from allocator._scores import Score
 from allocator._sparsifier import Sparsifiers
 from allocator.errors import LookupFileError, OutputError
+from allocator.paths import OutputKind, check_output_directory, path_kind, path_problem
 
 LOOKUP_FORMAT = "sparsealloc.lookup/v1"
 LOOKUP_FILE = "lookup.json"
@@ -107,38 +111,24 @@ EXPORT_ENTRIES = frozenset({LOOKUP_FILE, "histograms", "lookup", "block_sparsiti
 POINT_PREFIX = "target-"
 
 
+#: How an export directory is recognised (its ``lookup.json``), so that only an earlier export is replaced.
+EXPORT = OutputKind(
+    noun="export",
+    marker=LOOKUP_FILE,
+    formats=("sparsealloc.lookup/", "sparsealloc.frontier/"),
+    entries=EXPORT_ENTRIES,
+    prefixes=(POINT_PREFIX,),
+)
+
+
 def check_export_target(directory: str | Path) -> Path:
     """The absolute export directory, if it may be written: new, empty, or an earlier export.
 
     An export replaces its directory atomically, so a directory holding anything but an earlier export
-    (the study's own database, say) is refused rather than deleted, and so is the working directory or one
-    of its parents.
+    (the study's own database, say) is refused rather than deleted, and so are the working directory or one
+    of its parents and a place this user may not write (see :func:`allocator.paths.check_output_directory`).
     """
-    target = Path(directory).expanduser().resolve()
-    if target == Path.cwd().resolve() or target in Path.cwd().resolve().parents:
-        raise OutputError(f"Cannot export into {str(target)!r}: it is the working directory or holds it.")
-    if not target.exists():
-        return target
-    if not target.is_dir():
-        raise OutputError(f"Cannot export into {str(target)!r}: it exists and is not a directory.")
-    entries = {entry.name for entry in target.iterdir()}
-    points = {name for name in entries if name.startswith(POINT_PREFIX)}  # a frontier export's targets
-    if entries and (
-        LOOKUP_FILE not in entries or entries - EXPORT_ENTRIES - points or not _is_lookup(target / LOOKUP_FILE)
-    ):
-        raise OutputError(
-            f"Cannot export into {str(target)!r}: it holds files that are not a sparsealloc export; "
-            "give a new or empty directory, or an earlier export to replace."
-        )
-    return target
-
-
-def _is_lookup(path: Path) -> bool:
-    try:
-        found = json.loads(path.read_text(encoding="utf-8")).get("format", "")
-        return found.startswith(("sparsealloc.lookup/", "sparsealloc.frontier/"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        return False
+    return check_output_directory(directory, EXPORT)
 
 
 def write_lookup(directory: str | Path, lookup: dict[str, Any], *, extra: Any = None) -> Path:
@@ -167,55 +157,11 @@ def write_lookup_file(directory: Path, lookup: dict[str, Any]) -> None:
     (directory / LOOKUP_FILE).write_text(json.dumps(lookup, indent=2, allow_nan=False) + "\n")
 
 
-class _Strict(BaseModel):
-    # Extra keys are allowed: a v1 reader ignores what later v1 writers add (provenance, say).
-    model_config = ConfigDict(strict=True, extra="allow")
-
-
-class _SiteEntry(_Strict):
-    sparsity: float = Field(ge=0.0, lt=1.0, allow_inf_nan=False)
-    threshold: float = Field(ge=0.0, allow_inf_nan=False)
-
-
-class _BlockEntry(_Strict):
-    sparsity: float = Field(ge=0.0, lt=1.0, allow_inf_nan=False)
-    sites: dict[Literal["q", "k", "v", "o", "gate", "up", "down"], _SiteEntry]
-
-    @field_validator("sites")
-    @classmethod
-    def _every_site(cls, sites: dict[str, _SiteEntry]) -> dict[str, _SiteEntry]:
-        missing = [name for name in SITE_NAMES if name not in sites]
-        if missing:
-            raise ValueError(f"no entry for site(s) {', '.join(missing)}")
-        return sites
-
-
-class _ModelEntry(_Strict):
-    name: str
-    architecture: str
-    n_blocks: int = Field(ge=1)
-    fingerprint: str
-
-
-class _ScoreEntry(_Strict):
-    kind: Literal["magnitude", "weight_aware"]
-    norm: Literal[1, 2] | None = None
-
-
-class _LookupDocument(_Strict):
-    """What the loader relies on, with strict types: a threshold given as the string "0.3" is refused."""
-
-    format: Literal["sparsealloc.lookup/v1"]
-    model: _ModelEntry
-    score: _ScoreEntry
-    sparsify_fraction: float = Field(gt=0.0, le=1.0, allow_inf_nan=False)
-    blocks: list[_BlockEntry]
-
-
 def lookup_file(path: str | Path) -> Path:
     """The ``lookup.json`` of ``path`` (a directory holding one, or the file itself)."""
     path = Path(path)
-    return path / LOOKUP_FILE if path.is_dir() else path
+    kind = path_kind(path, f"Lookup {str(path)!r} cannot be read", error=LookupFileError)
+    return path / LOOKUP_FILE if kind == "directory" else path
 
 
 def read_json_document(file: Path) -> dict[str, Any]:
@@ -224,8 +170,10 @@ def read_json_document(file: Path) -> dict[str, Any]:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise LookupFileError(f"No lookup at {str(file)!r}.") from None
-    except (OSError, UnicodeDecodeError) as error:
+    except UnicodeDecodeError as error:
         raise LookupFileError(f"Lookup {str(file)!r} cannot be read: {error}.") from None
+    except OSError as error:
+        raise LookupFileError(f"Lookup {str(file)!r} cannot be read: {path_problem(error)}.") from None
     try:
         lookup = json.loads(text)
     except json.JSONDecodeError as error:
@@ -251,18 +199,7 @@ def read_lookup(path: str | Path) -> dict[str, Any]:
         )
     if found != LOOKUP_FORMAT:
         raise LookupFileError(f"Lookup {str(file)!r} has format {found!r}; this sparsealloc reads {LOOKUP_FORMAT}.")
-    try:
-        document = _LookupDocument.model_validate(lookup)
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
-        raise LookupFileError(f"Lookup {str(file)!r} is incomplete or malformed (`{where}`: {message}).") from None
-    if len(document.blocks) != document.model.n_blocks:
-        raise LookupFileError(
-            f"Lookup {str(file)!r} is incomplete or malformed ({len(document.blocks)} blocks for a model of "
-            f"{document.model.n_blocks})."
-        )
+    check_lookup(lookup, f"Lookup {str(file)!r}")
     return lookup
 
 
@@ -273,8 +210,11 @@ def lookup_thresholds(lookup: dict[str, Any]) -> torch.Tensor:
     )
 
 
-def check_lookup_model(lookup: dict[str, Any], model: Any) -> None:
-    """Refuse a model other than the lookup's: another architecture, then another fingerprint."""
+def check_lookup_model(lookup: dict[str, Any], model: Any, *, subject: str = "The lookup") -> None:
+    """Refuse a lookup that means nothing for ``model``: a malformed one, one for another architecture or
+    another model (fingerprint), then one whose block count or weighted means disagree with the model's own
+    site weights (:func:`allocator._lookup_checks.check_lookup`; ``subject`` starts its sentences)."""
+    check_lookup_structure(lookup, subject)  # well-formed first, so that what follows reads a complete document
     expected = lookup["model"]
     architecture = getattr(getattr(model, "config", None), "model_type", None)
     if architecture != expected.get("architecture"):
@@ -288,6 +228,16 @@ def check_lookup_model(lookup: dict[str, Any], model: Any) -> None:
             f"The lookup was made for another model ({expected.get('name')!r}, fingerprint "
             f"{str(expected.get('fingerprint'))[:12]}), not this one (fingerprint {fingerprint[:12]})."
         )
+    check_lookup(lookup, subject, site_weights=ModelAdapter(model).site_weights().tolist())
+
+
+def lookup_subject(path: str | Path, lookup: dict[str, Any]) -> str:
+    """How sentences about ``lookup`` (read from ``path`` by :func:`allocator.frontier_point`) name it: its
+    file, or for a frontier export its index and the sparsity loaded."""
+    frontier = lookup.get("frontier")
+    if not isinstance(frontier, dict):
+        return f"Lookup {str(lookup_file(path))!r}"
+    return f"Lookup {str(lookup_file(path))!r} at sparsity {float(lookup['target_sparsity']):g}"
 
 
 def load_lookup(model: Any, path: str | Path, sparsity: float | None = None) -> Sparsifiers:
@@ -297,12 +247,13 @@ def load_lookup(model: Any, path: str | Path, sparsity: float | None = None) -> 
     target; a frontier export needs it (unless it holds one point) and loads the point at that target, or
     interpolates between the two neighbouring points (:func:`allocator.frontier_point`). The result owns
     every hook: call ``.remove()`` (or use it as a context manager) to make the model dense again. Refuses a
-    lookup of another format version, architecture or model fingerprint.
+    lookup of another format version, architecture or model fingerprint, and one that means nothing for this
+    model (:func:`check_lookup_model`), each in one sentence naming the field.
     """
     from allocator._frontier_lookup import frontier_point  # it reads single lookups through this module
 
     lookup = frontier_point(path, sparsity)
-    check_lookup_model(lookup, model)
+    check_lookup_model(lookup, model, subject=lookup_subject(path, lookup))
     adapter = ModelAdapter(model)
     sparsifiers = Sparsifiers(
         adapter, score=Score.from_description(lookup["score"]), sparsify_fraction=float(lookup["sparsify_fraction"])

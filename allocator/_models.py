@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from allocator._adapters import SUPPORTED_ARCHITECTURES, ModelAdapter
 from allocator._device import Placement, resolve_placement
-from allocator.errors import ModelSourceError, UnsupportedArchitectureError
+from allocator.errors import InputError, ModelSourceError, UnsupportedArchitectureError
+from allocator.paths import path_errors, path_kind
 
 if TYPE_CHECKING:
     import torch
@@ -88,6 +89,11 @@ class LoadedModel:
     @property
     def architecture(self) -> str:
         return self.adapter.architecture
+
+    @property
+    def max_positions(self) -> int | None:
+        """The most positions the model takes (``max_position_embeddings``), None if its config says none."""
+        return _positions(self.model.config.to_dict())
 
     def identity(self) -> dict[str, Any]:
         """What identifies the model in stored results and lookup files."""
@@ -169,25 +175,64 @@ def load_model(
     )
 
 
+@dataclass(frozen=True)
+class ModelShape:
+    """What a model's configuration says about its size, read without loading any weights."""
+
+    source: str
+    n_blocks: int
+    max_positions: int | None  # `max_position_embeddings` (GGUF: `context_length`); None if it says none
+
+    def check_seq_len(self, seq_len: int, *, name: str = "seq_len") -> None:
+        """Refuse sequences longer than the model takes: past its positions it still answers, with figures
+        that mean nothing."""
+        check_seq_len(seq_len, self.max_positions, model=self.source, name=name)
+
+
+def check_seq_len(seq_len: int, max_positions: int | None, *, model: str, name: str = "seq_len") -> None:
+    """Refuse ``seq_len`` above ``max_positions`` (the model's limit; None: none known), naming both."""
+    if max_positions is not None and seq_len > max_positions:
+        raise InputError(
+            f"`{name}` is {seq_len} but model {model!r} takes at most {max_positions} positions "
+            "(its max_position_embeddings); give a shorter sequence length."
+        )
+
+
 def check_model_source(source: str | os.PathLike[str]) -> int:
     """Check that ``source`` names a loadable, supported causal LM without loading any weights; returns its
-    number of decoder blocks.
+    number of decoder blocks (see :func:`model_shape`)."""
+    return model_shape(source).n_blocks
 
-    Used when a study is created, so a bad model (or per-block bounds of the wrong length) is refused at once
-    rather than by the first worker. The block count comes from ``config.json``, from the cached conversion
-    of a GGUF file, or else from the GGUF header (a few seconds for a large tokenizer table, once).
+
+def model_shape(source: str | os.PathLike[str]) -> ModelShape:
+    """Check that ``source`` names a loadable, supported causal LM without loading any weights; returns its
+    block count and maximum positions.
+
+    Used when a study is created, so a bad model (per-block bounds of the wrong length, a sequence length
+    past the model's positions) is refused at once rather than by the first worker. Both come from
+    ``config.json``, from the cached conversion of a GGUF file, or else from the GGUF header (a few seconds
+    for a large tokenizer table, once).
     """
     kind, path = _locate(source)
     if kind == "directory":
-        return int(_check_config(path, label=str(source)).num_hidden_layers)
+        config = _check_config(path, label=str(source))
+        return ModelShape(str(source), int(config.num_hidden_layers), _positions(config.to_dict()))
     cached = cache_root() / "models" / _file_sha256(path)[:24] / "config.json"
     if cached.is_file():
-        return int(json.loads(cached.read_text())["num_hidden_layers"])
-    return _gguf_block_count(path)
+        values = json.loads(cached.read_text())
+        return ModelShape(str(source), int(values["num_hidden_layers"]), _positions(values))
+    n_blocks, positions = _gguf_header(path)
+    return ModelShape(str(source), n_blocks, positions)
 
 
-def _gguf_block_count(path: Path) -> int:
-    """Parse a GGUF file's header (memory-mapped, no dequantisation) for its architecture's block count."""
+def _positions(config: dict[str, Any]) -> int | None:
+    value = config.get("max_position_embeddings")
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _gguf_header(path: Path) -> tuple[int, int | None]:
+    """Parse a GGUF file's header (memory-mapped, no dequantisation): its architecture's block count and
+    context length (None if the header has none)."""
     from gguf import GGUFReader
 
     try:
@@ -195,7 +240,9 @@ def _gguf_block_count(path: Path) -> int:
         field = reader.fields["general.architecture"]
         architecture = bytes(field.parts[field.data[0]]).decode()
         count = reader.fields[f"{architecture}.block_count"]
-        return int(count.parts[count.data[0]][0])
+        context = reader.fields.get(f"{architecture}.context_length")
+        positions = int(context.parts[context.data[0]][0]) if context is not None else None
+        return int(count.parts[count.data[0]][0]), positions
     except Exception as error:  # gguf raises ValueError, struct.error, IndexError, KeyError… on damaged files
         raise ModelSourceError(
             f"GGUF file {str(path)!r} could not be read (truncated, corrupt or unsupported): {error}"
@@ -208,17 +255,19 @@ def _locate(source: str | os.PathLike[str]) -> tuple[str, Path]:
     if name in EMBEDDED_MODELS:
         return "gguf", _embedded_gguf_path(name)
     path = Path(source).expanduser()
-    if not path.exists():
+    subject = f"Model {name!r} cannot be read"
+    kind = path_kind(path, subject, error=ModelSourceError)
+    if kind == "missing":
         raise ModelSourceError(
             f"Model {name!r} is neither an embedded model ({', '.join(EMBEDDED_MODELS)}) nor an existing path."
         )
-    if path.is_file():
+    if kind == "file":
         if path.suffix.lower() != ".gguf":
             raise ModelSourceError(
                 f"Model file {name!r} is not a .gguf file; give a GGUF file or a Hugging Face model directory."
             )
         return "gguf", path
-    if not (path / "config.json").is_file():
+    if path_kind(path / "config.json", subject, error=ModelSourceError) != "file":
         raise ModelSourceError(f"Model directory {name!r} has no config.json; it is not a Hugging Face model.")
     return "directory", path
 
@@ -239,7 +288,7 @@ def _embedded_gguf_path(name: str) -> Path:
 
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with path_errors(f"Model file {str(path)!r} cannot be read", error=ModelSourceError), path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()

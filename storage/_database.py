@@ -29,7 +29,9 @@ from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError, Prog
 from sqlalchemy.orm import Session
 
 from allocator.errors import StorageError, first_line
+from allocator.paths import path_kind
 from storage._leases import ArtifactClaims, proposal_lock
+from storage._readonly import read_only_url
 from storage._tables import SCHEMA_VERSION, Base, ExportRecord, Meta, ModelRecord, StudyRecord
 from storage._url import is_sqlite, mask_url, redact, resolve_url, sqlite_path
 
@@ -39,6 +41,33 @@ if TYPE_CHECKING:
 SQLITE_BUSY_TIMEOUT_S = 30
 HEARTBEAT_INTERVAL_S = 5
 HEARTBEAT_GRACE_S = 20
+
+
+# How long a version row may lag its table while another process creates the schema (a loaded machine's
+# commits take a while); a table left without its row for longer was not written by sparsealloc.
+_SCHEMA_WAIT_S = 10.0
+# Optuna's schema has about twenty tables and rows; each lost race means the other process created one of them.
+_SCHEMA_RACE_RETRIES = 50
+
+
+def _lost_schema_race(error: DatabaseError) -> bool:
+    """Whether ``error`` is another process having just created the table or row this one was creating."""
+    return isinstance(error, IntegrityError) or "already exists" in str(error.orig)
+
+
+def _enforce_foreign_keys(engine: Engine) -> None:
+    """Make SQLite refuse rows whose parent is gone, as PostgreSQL does.
+
+    SQLite checks foreign keys only on connections that ask. Without it a worker still running a study that
+    another process deleted (``study delete --force``) went on writing a trial, its attributes and heartbeat
+    for a study that no longer existed: rows that a later study given the same id would inherit.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _foreign_keys(connection: Any, _record: Any) -> None:
+        connection.execute("PRAGMA foreign_keys=ON")
+
+    engine.dispose()  # the connections made while opening the storage were made without it
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
@@ -62,20 +91,34 @@ class Database:
         self.masked_url = mask_url(self.url)
         self.create = create
         self.heartbeat_grace_s = heartbeat_grace_s
-        if is_sqlite(self.url) and not create:
-            self._require_sqlite_file()
+        if is_sqlite(self.url):
+            self._check_sqlite_file()
+            if not create:  # a file this user may not write is read as it is (see storage._readonly)
+                self.url = read_only_url(self.url, sqlite_path(self.url) or "")
         self.engine = self._create_engine()
         self.has_schema = self._check_schema()
         self.claims = ArtifactClaims(self.engine)
 
     # -- connection and schema ---------------------------------------------------------------------------
-    def _require_sqlite_file(self) -> None:
-        path = sqlite_path(self.url)
-        if path is None or not Path(path).is_file():
+    def _check_sqlite_file(self) -> None:
+        """The SQLite file must be a file (without ``create``, an existing one; with it, or a new one in an
+        existing folder); a path that cannot be looked at (a folder on its way closed to this user, a name too
+        long, a loop of symbolic links) is one sentence, before SQLite's bare "unable to open database file"."""
+        path = sqlite_path(self.url) or ""
+        subject = f"The SQLite database {path!r} of the storage URL cannot be opened"
+        kind = path_kind(path, subject, error=StorageError) if path else "missing"
+        if kind == "file":
+            return
+        if kind != "missing":
+            raise StorageError(f"{subject}: it is not a file.")
+        if not self.create:
             raise StorageError(
                 f"No sparsealloc database at {path}; `sparsealloc study create` makes one, or give the study's "
                 "database with --storage (or $SPARSEALLOC_STORAGE)."
             )
+        folder = Path(path).parent
+        if path_kind(folder, subject, error=StorageError) != "directory":
+            raise StorageError(f"{subject}: its folder {str(folder)!r} does not exist.")
 
     def _create_engine(self) -> Engine:
         engine = create_engine(self.url, **_engine_kwargs(self.url))
@@ -119,7 +162,8 @@ class Database:
         tables reads the schema again (a version row not yet written means another process is creating it).
         """
         row: str | None = None
-        for _ in range(20):
+        deadline = time.monotonic() + _SCHEMA_WAIT_S
+        while time.monotonic() < deadline:
             tables, row = self._read_schema()
             if Meta.__tablename__ in tables:
                 if row is None:
@@ -167,24 +211,38 @@ class Database:
 
     @cached_property
     def optuna_storage(self) -> optuna.storages.RDBStorage:
-        """Optuna's RDB storage on the same URL, with heartbeats and up to three retries of stale trials."""
+        """Optuna's RDB storage on the same URL, with heartbeats and up to three retries of stale trials.
+
+        With ``create``, Optuna creates its tables, version row and Alembic stamp, each checked first and then
+        written; two processes creating a new database at once (two ``study create``) can both find a table
+        missing, and the slower one's CREATE or INSERT then fails ("table trial_params already exists", a
+        duplicate ``alembic_version`` row). Each such loss means the other process wrote that object, so the
+        loser simply tries again, finding more of the schema in place each time.
+        """
         import optuna
         from optuna.exceptions import ExperimentalWarning
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
             callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
-            try:
-                return optuna.storages.RDBStorage(
-                    self.url,
-                    engine_kwargs=_engine_kwargs(self.url),
-                    heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                    grace_period=int(self.heartbeat_grace_s),
-                    heartbeat_stale_trial_callback=callback,
-                    skip_table_creation=not self.create,
-                )
-            except DatabaseError as error:
-                raise self._unreachable(error) from error
+            for attempt in range(_SCHEMA_RACE_RETRIES + 1):
+                try:
+                    storage = optuna.storages.RDBStorage(
+                        self.url,
+                        engine_kwargs=_engine_kwargs(self.url),
+                        heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                        grace_period=int(self.heartbeat_grace_s),
+                        heartbeat_stale_trial_callback=callback,
+                        skip_table_creation=not self.create,
+                    )
+                    if is_sqlite(self.url):
+                        _enforce_foreign_keys(storage.engine)
+                    return storage
+                except DatabaseError as error:
+                    if not (self.create and attempt < _SCHEMA_RACE_RETRIES and _lost_schema_race(error)):
+                        raise self._unreachable(error) from error
+                    time.sleep(0.05)
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     def dispose(self) -> None:
         self.engine.dispose()

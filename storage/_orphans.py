@@ -1,4 +1,5 @@
-"""Orphaned trials: RUNNING trials that never got a heartbeat, which Optuna alone would keep forever.
+"""Orphaned trials: RUNNING trials that never got a heartbeat, which Optuna alone would keep forever; and
+which RUNNING trials are alive (a fresh heartbeat), which ``study delete`` will not remove without ``--force``.
 
 Optuna fails a RUNNING trial once its heartbeat is older than the grace period, but only if it has a
 heartbeat row. A worker killed between creating its trial (``study.ask()``) and its first heartbeat
@@ -37,6 +38,28 @@ def unheartbeated_running_trials(storage: optuna.storages.RDBStorage, study_id: 
     )
     with Session(storage.engine) as session:
         return list(session.scalars(query))
+
+
+def live_running_trials(storage: optuna.storages.RDBStorage, study_id: int) -> list[int]:
+    """The numbers of the study's RUNNING trials whose heartbeat is fresh: a process is evaluating them now.
+
+    Fresh means not stale by the storage's own test (heartbeat within its grace period, database clock), so
+    this agrees with the trials Optuna would fail. A RUNNING trial without a heartbeat counts as not alive:
+    a live owner writes its first heartbeat within moments of creating the trial.
+    """
+    from optuna.storages._rdb import models  # noqa: PLC2701 - the tables this check reads are Optuna's own
+    from optuna.trial import TrialState
+
+    trials, heartbeats = models.TrialModel, models.TrialHeartbeatModel
+    query = (
+        select(trials.trial_id, trials.number)
+        .join(heartbeats, heartbeats.trial_id == trials.trial_id)
+        .where(trials.study_id == study_id, trials.state == TrialState.RUNNING)
+    )
+    with Session(storage.engine) as session:
+        running = {trial_id: number for trial_id, number in session.execute(query)}
+    stale = set(storage._get_stale_trial_ids(study_id))  # Optuna's own staleness test
+    return sorted(number for trial_id, number in running.items() if trial_id not in stale)
 
 
 def heartbeat_orphans(study: optuna.Study) -> list[int]:

@@ -99,7 +99,7 @@ def sqlite_path(url: str) -> str | None:
     parsed = make_url(url)
     database = parsed.database
     if database and parsed.query.get("uri") == "true" and database.startswith("file:"):
-        database = database.removeprefix("file:")
+        database = unquote(database.removeprefix("file:"))  # SQLite's URI form percent-encodes the path
     return database
 
 

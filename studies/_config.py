@@ -45,6 +45,7 @@ from pydantic import (
 )
 
 from allocator.errors import InputError
+from allocator.paths import path_errors
 
 #: Seeds feed NumPy, PyTorch and Optuna generators, which take unsigned 32-bit seeds.
 MAX_SEED = 2**32 - 1
@@ -358,10 +359,9 @@ def load_config(path: str | Path) -> tuple[StudyConfig, str | None]:
     """Read and validate a YAML study file; returns the configuration and its ``storage`` URL (if any)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"Config file {str(path)!r} does not exist.") from None
-    except (OSError, UnicodeDecodeError) as error:
+        with path_errors(f"Config file {str(path)!r} cannot be read"):  # missing, unreadable, a loop of links...
+            text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
         raise InputError(f"Config file {str(path)!r} cannot be read: {error}.") from None
     try:
         data = yaml.load(text, Loader=UniqueKeyLoader)

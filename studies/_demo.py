@@ -18,6 +18,7 @@ import torch
 
 from allocator import Evaluation
 from allocator import trial_attributes as attrs
+from allocator.paths import make_directory
 from storage import Database
 from studies._config import StudyConfig, parse_config
 from studies._export import ExportResult, Measured, export_candidates, export_study, exported_thresholds, measure
@@ -96,7 +97,7 @@ def run_demo(
 ) -> DemoResult:
     """Create (or reuse) the demo studies in ``out``, run them, export bo's choice and measure the baselines."""
     started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    make_directory(out, f"Cannot write the demo to {str(out)!r}")
     database = Database(f"sqlite:///{out / 'sparsealloc.db'}", create=True)
     config = demo_config(trials)
     create_study(database, config)

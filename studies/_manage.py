@@ -9,26 +9,36 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from allocator import ConstraintSpace, check_model_source, check_text_source, resolve_placement
+from allocator import ConstraintSpace, check_text_source, model_shape, resolve_placement
 from allocator import trial_attributes as attrs
-from allocator.errors import InputError, StorageError
-from storage import Database
+from allocator.errors import DataSourceError, InputError, ModelSourceError, StorageError
+from storage import Database, live_running_trials
 from studies._config import StudyConfig, parse_config
 
 
 def check_study(config: StudyConfig) -> int:
     """Check what can be checked without loading weights; returns the model's number of blocks.
 
-    The model source must be a supported causal LM, the data sources readable kinds, and the per-block
-    bounds must have one value per block and reach the target. Every supported architecture has decoder
-    blocks of equal size, so the block weights of the model-level average are equal and the reachable
-    range is checked exactly here; the first worker checks it again with the weights it reads.
+    The model source must be a supported causal LM taking ``data.seq_len`` positions, every data source
+    (``source``, ``heldout``, ``ood``) must read as text (opened, decoded and parsed as a run reads it), and
+    the per-block bounds must have one value per block and reach the target. Every supported architecture
+    has decoder blocks of equal size, so the block weights of the model-level average are equal and the
+    reachable range is checked exactly here; the first worker checks it again with the weights it reads.
     """
     resolve_placement(config.model.device, config.model.dtype)  # a device this machine lacks is refused here
-    n_blocks = check_model_source(config.model.source)
-    for source in (config.data.source, config.data.heldout, config.data.ood):
+    try:
+        shape = model_shape(config.model.source)
+    except ModelSourceError as error:
+        raise ModelSourceError(f"`model`: {error}") from None
+    shape.check_seq_len(config.data.seq_len, name="data.seq_len")
+    n_blocks = shape.n_blocks
+    data = config.data
+    for key, source in (("source", data.source), ("heldout", data.heldout), ("ood", data.ood)):
         if source is not None:
-            check_text_source(source)
+            try:
+                check_text_source(source, text_field=data.text_field)
+            except DataSourceError as error:
+                raise DataSourceError(f"`data.{key}`: {error}") from None
     sparsity = config.sparsity
     try:
         for target in sparsity.targets:
@@ -59,15 +69,25 @@ def create_study(database: Database, config: StudyConfig) -> bool:
     return created
 
 
-def delete_study(database: Database, name: str) -> int:
+def delete_study(database: Database, name: str, *, force: bool = False) -> int:
     """Delete study ``name``: its trials (Optuna's storage) and our records of it; returns the trial count.
 
-    Calibrations are shared by every study of the same model and tokens, so they stay.
+    Calibrations are shared by every study of the same model and tokens, so they stay. A study with trials
+    running under a live heartbeat is refused unless ``force``: some process is evaluating them, and deleting
+    the study under it ends that process (in one sentence) and throws away its work.
     """
     database.study_config(name)  # one sentence if there is no such study
     trials = 0
     try:
         study = optuna.load_study(study_name=name, storage=database.optuna_storage)
+        alive = live_running_trials(database.optuna_storage, study._study_id)
+        if alive and not force:
+            numbers = ", ".join(str(number) for number in alive)
+            raise StorageError(
+                f"Study {name!r} has trial(s) {numbers} running in another process (a live heartbeat); stop that "
+                "process (Ctrl-C or SIGTERM re-enqueues its trial) and delete again, or give --force to delete "
+                "the study anyway (that process then stops)."
+            )
         trials = len(study.get_trials(deepcopy=False))
         optuna.delete_study(study_name=name, storage=database.optuna_storage)
     except KeyError:  # registered by us but never created in Optuna's tables (an interrupted create)

@@ -10,10 +10,14 @@ TEAL's ``greedy-uniform`` under the greedy split; ``blend-uniform`` under the bl
 holds their held-out figures; it computes nothing (no model is loaded), so a baseline the study never
 evaluated, or evaluated without held-out figures, is missing from the plot.
 Its best allocation plot draws each target's best trial.
+
+The plots go into one directory, written atomically with a ``report.json`` that marks it as a report: an
+earlier report is replaced, a folder holding other files is refused (:func:`check_report_target`).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +25,25 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from allocator import atomic_write_directory
 from allocator import trial_attributes as attrs
-from allocator.errors import OutputError
+from allocator.errors import InputError, OutputError
+from allocator.paths import OutputKind, check_output_directory, path_problem
 from storage import Database
 from studies._manage import best_trial, load_study_config
+
+#: What a report directory holds: its plots and ``report.json``, the marker that tells an earlier report
+#: (replaced) from a folder of other files (refused).
+REPORT_FILE = "report.json"
+REPORT_FORMAT = "sparsealloc.report/v1"
+REPORT = OutputKind(
+    noun="report",
+    marker=REPORT_FILE,
+    formats=("sparsealloc.report/",),
+    entries=frozenset(
+        {REPORT_FILE, "best_so_far.png", "best_allocation.png", "sparsity_vs_objective.png", "frontier.png"}
+    ),
+)
 
 
 def write_report(database: Database, name: str, out: str | Path) -> list[Path]:
@@ -40,12 +59,33 @@ def write_report(database: Database, name: str, out: str | Path) -> list[Path]:
         (t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None),
         key=lambda t: t.number,
     )
-    out = Path(out)
+    if not complete:  # three empty plots would say nothing; refused before `out` is touched
+        raise InputError(f"Study {name!r} has no finished trial to report yet; run it first.")
+    target = check_report_target(out)
+    written: list[str] = []
+
+    def fill(staging: Path) -> None:
+        written.extend(path.name for path in _write_plots(plt, config, study, complete, staging))
+        marker = {"format": REPORT_FORMAT, "study": name, "plots": written}
+        (staging / REPORT_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        return _write_plots(plt, config, study, complete, out)
+        atomic_write_directory(target, fill)
     except OSError as error:
-        raise OutputError(f"Cannot write the report to {str(out)!r}: {error.strerror or error}.") from error
+        raise OutputError(f"Cannot write the report to {str(target)!r}: {path_problem(error)}.") from error
+    return [Path(out) / filename for filename in written]
+
+
+def check_report_target(out: str | Path) -> Path:
+    """The absolute report directory, if it may be written: new, empty, or an earlier report.
+
+    A report replaces its directory atomically, as an export does, and by the same rule
+    (:func:`allocator.paths.check_output_directory`): a folder holding anything but an earlier report (a
+    user's own ``best_so_far.png``, say; a report is recognised by its ``report.json``) is refused rather
+    than overwritten, and so are the working directory or one of its parents and a place this user may not
+    write.
+    """
+    return check_output_directory(out, REPORT)
 
 
 def _write_plots(plt: Any, config: Any, study: optuna.Study, complete: list[Any], out: Path) -> list[Path]:
@@ -60,7 +100,7 @@ def _write_plots(plt: Any, config: Any, study: optuna.Study, complete: list[Any]
     for plot, filename in plots:
         figure, axis = plt.subplots(figsize=(7, 4))
         plot(axis, config, study, complete)
-        axis.legend()
+        _legend(axis)
         figure.tight_layout()
         written.append(out / filename)
         figure.savefig(written[-1], dpi=120)
@@ -160,11 +200,17 @@ def _frontier(plt: Any, config: Any, complete: list[Any], path: Path) -> Path:
         axis.set_xlabel("measured model-level sparsity (search screen)")
         axis.set_ylabel(name)
         axis.set_title(f"{config.name}: {name} across the frontier")
-        axis.legend()
+        _legend(axis)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def _legend(axis: Any) -> None:
+    """The axis's legend, if anything on it has a label (matplotlib warns of an empty legend otherwise)."""
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend()
 
 
 def _is_uniform(vector: Any) -> bool:

@@ -12,7 +12,10 @@ Nothing finished is lost or evaluated twice:
 * A worker killed after creating its trial but before its first heartbeat leaves a RUNNING trial with no
   heartbeat at all, which Optuna alone never fails: every loop gives such trials a heartbeat
   (:func:`storage.heartbeat_orphans`), so they go stale and are retried the same way.
-* An interrupted worker (Ctrl-C, SIGTERM) re-enqueues its own trial at once.
+* An interrupted worker (Ctrl-C, SIGTERM) re-enqueues its own trial at once, and ends in one sentence: the
+  interrupt is carried past Optuna (which would store the trial as failed and log its traceback) and comes
+  only where stopping is safe (:mod:`studies._interrupts`).
+* A study deleted while a worker runs it (``study delete --force``) ends that worker in one sentence.
 
 Exactly N: a worker starts a trial only while ``COMPLETE + RUNNING + WAITING < N``; two workers can still
 both start the N-th trial at the same moment, so a trial yields (is pruned, marked ``surplus``) when
@@ -25,12 +28,11 @@ error (a read-only file, a full disk, a corrupt file) ends the run at once with 
 
 from __future__ import annotations
 
+import contextlib
 import math
-import signal
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -42,14 +44,15 @@ from optuna.trial import TrialState
 from allocator import trial_attributes as attrs
 from allocator.errors import StorageError, first_line
 from allocator.samplers import (
-    BlockSampler,
+    ProposalSampler,
     TargetsInTurn,
     create_frontier_sampler,
     create_sampler,
     sampler_entry,
     suggest_allocation,
 )
-from storage import CONNECTION_ERRORS, database_error, heartbeat_orphans, is_connection_error, redact
+from storage import CONNECTION_ERRORS, database_error, heartbeat_orphans, is_connection_error, rdb_storage, redact
+from studies._interrupts import Interrupts
 from studies._session import StudySession
 
 RECONNECT_S = 120.0
@@ -95,7 +98,7 @@ def make_sampler(session: StudySession) -> optuna.samplers.BaseSampler:
         sampler = create_frontier_sampler(name, spaces=session.spaces, seed=config.seed, **options)
     else:
         sampler = create_sampler(name, space=session.space, seed=config.seed, **options)
-    if isinstance(sampler, BlockSampler | TargetsInTurn):
+    if isinstance(sampler, ProposalSampler | TargetsInTurn):
         sampler.serialize_with(lambda: session.database.proposal_lock(config.name))
     return sampler
 
@@ -129,19 +132,41 @@ class TrialObjective:
     the trial runs, as asynchronous workers need.
 
     ``running`` holds the number of the trial being evaluated (None between trials), so the loop can
-    re-enqueue it when the worker is interrupted or loses the database.
+    re-enqueue it when the worker is interrupted or loses the database. An interrupt, or the study vanishing
+    (deleted by another process), leaves the objective as :class:`TrialStopped`, which Optuna does not catch.
     """
 
-    def __init__(self, session: StudySession, study: optuna.Study, target: int, reporter: Reporter) -> None:
+    def __init__(
+        self,
+        session: StudySession,
+        study: optuna.Study,
+        target: int,
+        reporter: Reporter,
+        interrupts: Interrupts | None = None,
+    ) -> None:
         self.session = session
         self.study = study
         self.target = target
         self.reporter = reporter
+        self.interrupts = interrupts or Interrupts()
         self.running: int | None = None
         self.rungs = session.rungs()
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.running = trial.number
+        try:
+            with self.interrupts.immediate():
+                return self._run(trial)
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            raise TrialStopped("interrupted") from None
+        except Exception:
+            if study_vanished(self.study):
+                raise TrialStopped("deleted") from None
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float:
         self._yield_if_surplus(trial)
         session = self.session
         goal = self._target(trial)
@@ -277,33 +302,55 @@ def _mean_value(objective: str, kl: list[float], nll: list[float]) -> float:
     return sum(kl) / len(kl)
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM (docker stop, kill) like Ctrl-C, so the running trial is re-enqueued."""
+class TrialStopped(BaseException):
+    """A trial's objective stopped because the worker was interrupted (``"interrupted"``) or its study was
+    deleted (``"deleted"``).
 
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+    Optuna catches ``Exception`` and ``KeyboardInterrupt`` from an objective, stores the trial as failed and
+    logs the error with its full traceback; this passes through it, leaving the trial RUNNING for the runner
+    to re-enqueue (or to leave, when the study is gone).
+    """
 
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def study_vanished(study: optuna.Study) -> bool:
+    """Whether ``study`` was deleted under this process; False when the database cannot say right now."""
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        rdb_storage(study).get_study_name_from_id(study._study_id)
+    except KeyError:
+        return True
+    except Exception:  # a lost connection: the caller's own error says what happened
+        return False
+    return False
+
+
+def _deleted(session: StudySession) -> StorageError:
+    name = session.config.name
+    return StorageError(f"Study {name!r} was deleted while this process ran it; nothing more is stored.")
 
 
 def _requeue(study: optuna.Study, number: int) -> None:
-    """Fail-and-retry the trial this worker was running when interrupted (same params, as a WAITING trial)."""
-    from optuna.exceptions import ExperimentalWarning
+    """Fail-and-retry the trial this worker was running when interrupted (same params, as a WAITING trial).
 
-    trial = next((t for t in study.get_trials(deepcopy=True) if t.number == number), None)
-    if trial is None or trial.state not in (TrialState.FAIL, TrialState.RUNNING):
+    The trial is read and failed in the storage itself, not through Optuna's trial cache, which the interrupt
+    may have caught mid-update; a trial that finished in the meantime is left as it is.
+    """
+    from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+
+    storage = rdb_storage(study)
+    try:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    except KeyError:
         return
-    if trial.state == TrialState.RUNNING:
-        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    if storage.get_trial(trial_id).state == TrialState.RUNNING:
+        with contextlib.suppress(UpdateFinishedTrialError):
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    trial = storage.get_trial(trial_id)
+    if trial.state != TrialState.FAIL:
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         optuna.storages.RetryHeartbeatStaleTrialCallback()(study, trial)
@@ -344,7 +391,9 @@ def _database_failed(session: StudySession, error: BaseException) -> StorageErro
     )
 
 
-def _wait_for_database(session: StudySession, error: Exception, reporter: Reporter, deadline: float) -> None:
+def _wait_for_database(
+    session: StudySession, error: Exception, reporter: Reporter, deadline: float, interrupts: Interrupts
+) -> None:
     """Wait until the database answers again; one clear error if it stays away past ``deadline``."""
     from sqlalchemy import text
 
@@ -357,7 +406,7 @@ def _wait_for_database(session: StudySession, error: Exception, reporter: Report
         except CONNECTION_ERRORS:
             if time.monotonic() >= deadline:
                 raise _database_failed(session, error) from error
-            time.sleep(2.0)
+            interrupts.sleep(2.0)
 
 
 def run_study(
@@ -376,29 +425,33 @@ def run_study(
     reporter = reporter or SilentReporter()
     study = load_optuna_study(session, make_sampler(session))
     target = target_trials(session, n_trials)
-    objective = TrialObjective(session, study, target, reporter)
+    interrupts = Interrupts()
+    objective = TrialObjective(session, study, target, reporter, interrupts)
     evaluated = 0
     lost_since: float | None = None
-    with _sigterm_as_interrupt():
+    with interrupts.installed():
         while True:
+            interrupts.check()
             try:
                 outcome = _step(study, objective, target, reporter, poll_s)
                 if outcome == "done":
+                    complete = count_states(study)[TrialState.COMPLETE]
                     break
                 if outcome == "complete":
                     evaluated += 1
                 lost_since = None if outcome == "complete" else lost_since
             except Exception as error:
                 if not is_connection_error(error):
+                    if study_vanished(study):
+                        raise _deleted(session) from None
                     if database_error(error) is not None:
                         raise _database_failed(session, error) from error
                     raise
                 lost_since = lost_since if lost_since is not None else time.monotonic()
-                _wait_for_database(session, error, reporter, lost_since + reconnect_s)
+                _wait_for_database(session, error, reporter, lost_since + reconnect_s, interrupts)
                 if objective.running is not None:
                     _requeue(study, objective.running)  # its result may not have been stored
                     objective.running = None
-        complete = count_states(study)[TrialState.COMPLETE]
     return RunResult(complete=complete, target=target, evaluated_here=evaluated)
 
 
@@ -413,15 +466,17 @@ def _step(study: optuna.Study, objective: TrialObjective, target: int, reporter:
     running, waiting = counts[TrialState.RUNNING], counts[TrialState.WAITING]
     if complete + running >= target and waiting == 0:
         reporter.status(f"{complete}/{target} complete; waiting for {running} running trial(s) elsewhere")
-        time.sleep(poll_s)
+        objective.interrupts.sleep(poll_s)
         return "waiting"
     objective.running = None
     try:
         study.optimize(objective, n_trials=1)
-    except KeyboardInterrupt:
+    except TrialStopped as stopped:
+        if stopped.reason == "deleted":
+            raise _deleted(objective.session) from None
         if objective.running is not None:
             _requeue(study, objective.running)
-        raise
+        raise KeyboardInterrupt from None
     number = objective.running
     if number is None:
         return "none"

@@ -46,6 +46,7 @@ from allocator import (
     TokenSets,
     build_greedy_table,
     calibrate,
+    check_seq_len,
     compute_reference,
     load_model,
     load_text,
@@ -426,6 +427,8 @@ def open_session(
     dtype = dtype or config.model.dtype
     notify(f"Loading model {config.model.source}")
     loaded = load_model(config.model.source, device=device, dtype=dtype)
+    # `study create` checked it; a study stored before that check was made is refused here.
+    check_seq_len(config.data.seq_len, loaded.max_positions, model=config.model.source, name="data.seq_len")
     spaces = build_spaces(config, loaded.adapter.block_weights().tolist())  # bad bounds fail before any pass
     if isinstance(artifacts, Database):
         artifacts.register_model(loaded.identity(), loaded.adapter.site_weights().tolist())

@@ -143,9 +143,11 @@ def _model_data_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 def _adhoc_session(*, sparsify_fraction: float = 1.0, **options: Any) -> Any:
     """A session for one-off commands: the study path (tokens, calibration, objective) with nothing stored."""
+    from allocator import model_shape
     from studies._config import parse_config
     from studies._session import MemoryArtifacts, open_session
 
+    model_shape(options["model"]).check_seq_len(options["seq_len"], name="--seq-len")  # before any weights load
     config = parse_config(
         {
             "name": "adhoc",
@@ -227,6 +229,10 @@ def _evaluate_with_progress(session: Any, allocation: Any, role: str, label: str
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the calibration to this file.")
 def calibrate(out: Path | None, **options: Any) -> None:
     """Calibrate score histograms on the calibration tokens and report the dense perplexity."""
+    if out is not None:
+        from allocator.paths import check_writable_place
+
+        check_writable_place(out, f"Cannot write the calibration to {str(out)!r}")  # before calibrating
     session = _adhoc_session(**options)
     dense = session.objective.evaluate(0.0, session.tokens.calibration, rule="threshold")
     ratio = session.calibration.seconds / dense.seconds
@@ -234,11 +240,12 @@ def calibrate(out: Path | None, **options: Any) -> None:
     click.echo(f"time         calibration took {ratio:.2f}x one dense evaluation pass")
     if out is not None:
         from allocator import OutputError, atomic_write_bytes
+        from allocator.paths import path_problem
 
         try:
             atomic_write_bytes(out, session.calibration.to_bytes())
         except OSError as error:
-            raise OutputError(f"Cannot write the calibration to {str(out)!r}: {error.strerror or error}.") from error
+            raise OutputError(f"Cannot write the calibration to {str(out)!r}: {path_problem(error)}.") from error
         click.echo(f"written      {out}")
 
 
@@ -319,9 +326,11 @@ def apply(
         load_model,
         load_text,
         make_token_sets,
+        model_shape,
     )
 
     chosen = frontier_point(lookup_path, sparsity)  # refuse a bad lookup or sparsity before loading the model
+    model_shape(model).check_seq_len(seq_len, name="--seq-len")  # and a model too short for --seq-len
     loaded = load_model(model, device=device or "auto", dtype=dtype or "auto")
     counts = {"heldout": sequences}
     tokens = make_token_sets(load_text(data), loaded.tokenizer, seq_len=seq_len, counts=counts, seed=seed).heldout
@@ -576,9 +585,11 @@ def study_list(storage: str | None) -> None:
 @study.command("delete")
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Confirm: the study's trials are deleted for good.")
+@click.option("--force", is_flag=True, help="Delete even while another process runs a trial (it then stops).")
 @_storage_option
-def study_delete(name: str, yes: bool, storage: str | None) -> None:
-    """Delete study NAME and its trials (shared calibrations stay). Asks for --yes."""
+def study_delete(name: str, yes: bool, force: bool, storage: str | None) -> None:
+    """Delete study NAME and its trials (shared calibrations stay). Asks for --yes; refuses while a trial runs
+    in another process, unless --force."""
     from allocator import InputError
     from studies._manage import delete_study
 
@@ -586,7 +597,7 @@ def study_delete(name: str, yes: bool, storage: str | None) -> None:
     database.study_config(name)  # an unknown study is refused before asking
     if not yes:
         raise InputError(f"Deleting study {name!r} removes its trials for good; run it again with --yes to confirm.")
-    trials = delete_study(database, name)
+    trials = delete_study(database, name, force=force)
     click.echo(f"deleted study {name!r} ({trials} trials) from {database.masked_url}")
 
 
@@ -650,9 +661,13 @@ def _print_frontier_export(name: str, result: Any) -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for the PNGs.")
 @_storage_option
 def study_report(name: str, out: Path, storage: str | None) -> None:
-    """PNG plots of study NAME: best-so-far perplexity, best allocation by depth, sparsity vs perplexity."""
-    from studies._report import write_report
+    """PNG plots of study NAME: best-so-far perplexity, best allocation by depth, sparsity vs perplexity.
 
+    OUT must be a new or empty directory, or an earlier report (which is replaced atomically).
+    """
+    from studies._report import check_report_target, write_report
+
+    check_report_target(out)  # refuse a bad target before opening the database
     for path in write_report(_database(storage), name, out):
         click.echo(f"wrote {path}")
 

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from allocator._adapters import SITE_NAMES, site_module_path
-from allocator.errors import InputError, LookupFileError, NNCFNotInstalledError, OutputError
+from allocator._lookup_checks import check_lookup
+from allocator.errors import InputError, NNCFNotInstalledError, OutputError
 
 NNCF_FORMAT = "sparsealloc.nncf/v1"
 NNCF_FILE = "nncf.json"
@@ -46,35 +47,21 @@ def nncf_scope(architecture: str, block: int, site: str) -> str:
 def _site_targets(lookup: dict[str, Any]) -> list[dict[str, Any]]:
     """One ``{block, site, scope, sparsity}`` per site of every block, in block then site order.
 
-    Checks what it reads, so that a hand-made or truncated lookup dict is one sentence rather than a
-    ``KeyError`` (:func:`allocator.read_lookup` validates a lookup file fully).
+    Checks the lookup first, as every reader does (:func:`allocator._lookup_checks.check_lookup`), so that a
+    hand-made, truncated or meaningless lookup dict is one sentence naming the field rather than a
+    ``KeyError`` or NNCF targets that are not the study's.
     """
-    try:
-        architecture = str(lookup["model"]["architecture"])
-        blocks = lookup["blocks"]
-        targets = [
-            {"block": b, "site": site, "sparsity": float(block["sites"][site]["sparsity"])}
-            for b, block in enumerate(blocks)
-            for site in SITE_NAMES
-        ]
-        n_blocks = int(lookup["model"]["n_blocks"])
-    except KeyError as error:
-        raise LookupFileError(f"The lookup is incomplete or malformed (no {error} entry).") from None
-    except (TypeError, ValueError) as error:
-        raise LookupFileError(f"The lookup is incomplete or malformed ({error}).") from None
-    if len(blocks) != n_blocks:
-        raise LookupFileError(
-            f"The lookup is incomplete or malformed ({len(blocks)} blocks for a model of {n_blocks})."
-        )
-    outside = next((t for t in targets if not 0.0 <= t["sparsity"] < 1.0), None)
-    if outside is not None:
-        raise LookupFileError(
-            f"The lookup gives site {outside['site']} of block {outside['block']} a sparsity of "
-            f"{outside['sparsity']}, outside [0, 1)."
-        )
+    check_lookup(lookup, "The lookup")
+    architecture = lookup["model"]["architecture"]
     return [
-        {"block": t["block"], "site": t["site"], "scope": nncf_scope(architecture, t["block"], t["site"]), **t}
-        for t in targets
+        {
+            "block": b,
+            "site": site,
+            "scope": nncf_scope(architecture, b, site),
+            "sparsity": float(block["sites"][site]["sparsity"]),
+        }
+        for b, block in enumerate(lookup["blocks"])
+        for site in SITE_NAMES
     ]
 
 
@@ -143,11 +130,10 @@ def nncf_targets(lookup: dict[str, Any], model: Any) -> dict[str, float]:
     fingerprint) is the one the lookup was made for, since NNCF would apply any lookup of the same
     architecture without complaint.
     """
-    targets = _site_targets(lookup)
     from allocator._lookup import check_lookup_model  # imports torch: not needed to write nncf.json
 
-    check_lookup_model(lookup, model)
-    return {target["scope"]: target["sparsity"] for target in targets}
+    check_lookup_model(lookup, model)  # and the lookup's block count and weighted means against the model's
+    return {target["scope"]: target["sparsity"] for target in _site_targets(lookup)}
 
 
 def _import_nncf() -> tuple[Any, Any, Any]:

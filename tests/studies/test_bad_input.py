@@ -125,25 +125,157 @@ def test_truncated_gguf(tmp_path):
     assert_refused(result, "could not be read (truncated, corrupt or unsupported)")
 
 
-# -- data (found when the study runs: nothing is stored) ------------------------------------------------------
-@pytest.mark.parametrize(
-    ("content", "suffix", "fragment"),
-    [
-        ("", ".txt", "contains no text"),
-        ("just a few words", ".txt", "are needed for 4 heldout, 3 validation, 6 calibration, 10 search sequences"),
-        ('{"text": "fine"}\n{"text": oops}\n', ".jsonl", "line 2 is not valid JSON"),
-    ],
-)
-def test_bad_data(tmp_path, trained_tiny_dir, content, suffix, fragment):
-    data = tmp_path / f"data{suffix}"
-    data.write_text(content)
-    config = _config(tmp_path, trained_tiny_dir, data={"source": str(data)})
-    result, db = _create(tmp_path, config)
+# -- data (refused by `study create`: nothing is stored) -------------------------------------------------------
+#: Each unreadable data source: (file name, bytes; a name ending in "/" is a folder holding that file), and
+#: what the refusal says.
+BAD_DATA = {
+    "empty file": ("data.txt", b"", "contains no text"),
+    "blank file": ("data.txt", b"  \n\t\n", "contains no text"),
+    "non-UTF-8 file": ("data.txt", "café au lait\n".encode("latin-1"), "is not UTF-8 text"),
+    "binary file": ("data.txt", bytes(range(256)) * 8, "is not UTF-8 text"),
+    "binary file that decodes": ("data.txt", b"\x7fELF\x02\x01\x01" + b"\x00" * 64, "holds NUL bytes"),
+    "folder with no .txt": ("texts/notes.md", b"# not a text file\n", "holds no .txt files"),
+    "malformed JSONL": ("data.jsonl", b'{"text": "fine"}\n{"text": oops}\n', "line 2 is not valid JSON"),
+    "JSONL without the text field": ("data.jsonl", b'{"body": "fine"}\n', "has no string field 'text'"),
+}
+
+
+def _bad_data(tmp_path: Path, case: str) -> Path:
+    name, content, _ = BAD_DATA[case]
+    path = tmp_path / "data" / name
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    return path.parent if "/" in name else path
+
+
+@pytest.fixture(scope="module")
+def existing(tmp_path_factory, trained_tiny_dir):
+    """A SQLite database holding one study, `other`: refused creations must leave it as the only one."""
+    root = tmp_path_factory.mktemp("existing")
+    url = f"sqlite:///{root / 'study.db'}"
+    result = run("study", "create", _config(root, trained_tiny_dir, name="other"), "--storage", url)
+    assert result.exit_code == 0, result.output
+    return url
+
+
+def assert_only_other(url: str) -> None:
+    listed = run("study", "list", "--storage", url)
+    assert listed.exit_code == 0, listed.output
+    names = [line.split()[0] for line in listed.output.splitlines()[1:]]
+    assert names == ["other"], listed.output
+
+
+@pytest.mark.parametrize("key", ["source", "heldout", "ood"])
+@pytest.mark.parametrize("case", list(BAD_DATA))
+def test_create_refuses_unreadable_data(tmp_path, trained_tiny_dir, existing, key, case):
+    config = _config(tmp_path, trained_tiny_dir, data={key: str(_bad_data(tmp_path, case))})
+    result = run("study", "create", config, "--storage", existing)
+    assert_refused(result, f"`data.{key}`: ")
+    assert BAD_DATA[case][2] in result.stderr
+    assert_only_other(existing)
+
+
+def test_create_refuses_unreadable_data_before_a_database_appears(tmp_path, trained_tiny_dir):
+    result, db = _create(
+        tmp_path, _config(tmp_path, trained_tiny_dir, data={"ood": str(_bad_data(tmp_path, "binary file"))})
+    )
+    assert_refused(result, "is not UTF-8 text")
+    assert not db.exists()
+
+
+def test_create_refuses_unreadable_data_on_each_storage(tmp_path, trained_tiny_dir, storage_url):
+    assert (
+        run("study", "create", _config(tmp_path, trained_tiny_dir, name="other"), "--storage", storage_url).exit_code
+        == 0
+    )
+    config = _config(tmp_path, trained_tiny_dir, data={"heldout": str(_bad_data(tmp_path, "malformed JSONL"))})
+    assert_refused(run("study", "create", config, "--storage", storage_url), "line 2 is not valid JSON")
+    assert_only_other(storage_url)
+
+
+def test_readable_data_of_every_role_is_accepted(tmp_path, trained_tiny_dir, text_file):
+    config = _config(tmp_path, trained_tiny_dir, data={"heldout": str(text_file), "ood": str(text_file)})
+    result, _ = _create(tmp_path, config)
+    assert result.exit_code == 0, result.output
+
+
+def test_too_little_text_is_found_when_the_study_runs(tmp_path, trained_tiny_dir):
+    # How many tokens a text makes is only known once it is tokenised: the first worker refuses it.
+    data = tmp_path / "data.txt"
+    data.write_text("just a few words")
+    result, db = _create(tmp_path, _config(tmp_path, trained_tiny_dir, data={"source": str(data)}))
     assert result.exit_code == 0, result.output
     result = run("study", "run", "tiny", "--storage", f"sqlite:///{db}")
-    assert_refused(result, fragment)
+    assert_refused(result, "are needed for 4 heldout, 3 validation, 6 calibration, 10 search sequences")
     status = run("study", "status", "tiny", "--storage", f"sqlite:///{db}")
     assert "0/4 complete" in status.output
+
+
+# -- sequence length past the model's positions (the tiny models take 512) -------------------------------------
+def test_create_refuses_a_seq_len_past_the_models_positions(tmp_path, trained_tiny_dir, existing):
+    config = _config(tmp_path, trained_tiny_dir, data={"seq_len": 513})
+    result = run("study", "create", config, "--storage", existing)
+    assert_refused(result, "`data.seq_len` is 513 but model")
+    assert "takes at most 512 positions" in result.stderr
+    assert_only_other(existing)
+
+
+def test_create_accepts_a_seq_len_of_exactly_the_models_positions(tmp_path, trained_tiny_dir):
+    result, _ = _create(tmp_path, _config(tmp_path, trained_tiny_dir, data={"seq_len": 512}))
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.smollm2
+@pytest.mark.parametrize("cache", ["converted", "header only"])
+def test_create_reads_a_gguf_models_positions(tmp_path, cache):
+    # From the cached conversion's config.json, or (nothing cached) from the GGUF header's context length.
+    env = {"SPARSEALLOC_CACHE": str(tmp_path / "empty-cache")} if cache == "header only" else {}
+    config = tmp_path / "study.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "long",
+                "model": "smollm2-135m",
+                "data": {"seq_len": 8193},
+                "sparsity": {"target": 0.5},
+                "sampler": {"name": "random"},
+            }
+        )
+    )
+    result = CliRunner().invoke(
+        cli, ["study", "create", str(config), "--storage", f"sqlite:///{tmp_path / 'x.db'}"], env=env
+    )
+    assert_refused(result, "takes at most 8192 positions")
+
+
+def test_apply_refuses_a_seq_len_past_the_models_positions(finished, trained_tiny_dir):
+    lookup = finished["lookup"]
+    assert_refused(
+        run("apply", "--lookup", lookup, "--model", trained_tiny_dir, "--seq-len", "513"), "`--seq-len` is 513"
+    )
+    accepted = run("apply", "--lookup", lookup, "--model", trained_tiny_dir, "--seq-len", "512", "--sequences", "1")
+    assert accepted.exit_code == 0, accepted.output
+    assert "perplexity" in accepted.output
+
+
+def test_evaluate_refuses_a_seq_len_past_the_models_positions(trained_tiny_dir):
+    result = run("evaluate", "--model", trained_tiny_dir, "--sparsity", "0.5", "--seq-len", "513")
+    assert_refused(result, "takes at most 512 positions")
+
+
+def test_run_refuses_a_stored_study_whose_seq_len_is_past_the_models_positions(tmp_path, trained_tiny_dir):
+    # A study stored before `create` checked the length (written here through the storage API).
+    import optuna
+
+    from studies import parse_config
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    config = parse_config(tiny_config(trained_tiny_dir, data={"seq_len": 600}))
+    database = Database(url, create=True)
+    database.register_study(config.name, config.canonical(), config.digest())
+    optuna.create_study(study_name=config.name, storage=database.optuna_storage)
+    assert_refused(run("study", "run", "tiny", "--storage", url), "`data.seq_len` is 600 but model")
+    assert "0/4 complete" in run("study", "status", "tiny", "--storage", url).output
 
 
 # -- storage ----------------------------------------------------------------------------------------------------
@@ -207,3 +339,13 @@ def test_export_of_a_study_with_no_finished_trial(tmp_path, trained_tiny_dir):
     result = run("study", "export", "tiny", "--out", tmp_path / "out", "--storage", f"sqlite:///{db}")
     assert_refused(result, "has no finished trial to export")
     assert not (tmp_path / "out").exists()
+
+
+def test_report_of_a_study_with_no_finished_trial(tmp_path, trained_tiny_dir, storage_url, processes):
+    # In a process of its own, so that a warning matplotlib prints would show (pytest captures them in-process).
+    processes.run("study", "create", str(_config(tmp_path, trained_tiny_dir)), "--storage", storage_url)
+    out = tmp_path / "report"
+    output = processes.run("study", "report", "tiny", "--out", str(out), "--storage", storage_url, expect=2)
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines == ["error: Study 'tiny' has no finished trial to report yet; run it first."], output
+    assert not out.exists()

@@ -135,11 +135,11 @@ def test_a_damaged_database_file_is_one_sentence(study_dir, tmp_path, damage, ar
 @pytest.mark.parametrize(
     ("edit", "fragment"),
     [
-        (lambda lookup: lookup["blocks"][0]["sites"]["q"].update(threshold="0.3"), "Input should be a valid number"),
-        (lambda lookup: lookup.update(sparsify_fraction="lots"), "`sparsify_fraction`"),
-        (lambda lookup: lookup.update(sparsify_fraction=None), "`sparsify_fraction`"),
+        (lambda lookup: lookup["blocks"][0]["sites"]["q"].update(threshold="0.3"), 'threshold is "0.3"; it should be'),
+        (lambda lookup: lookup.update(sparsify_fraction="lots"), 'sparsify_fraction is "lots"'),
+        (lambda lookup: lookup.update(sparsify_fraction=None), "sparsify_fraction is null"),
         (lambda lookup: lookup["blocks"][1]["sites"].pop("down"), "no entry for site(s) down"),
-        (lambda lookup: lookup["model"].update(n_blocks=True), "`model.n_blocks`"),
+        (lambda lookup: lookup["model"].update(n_blocks=True), "model.n_blocks is true"),
     ],
 )
 def test_a_lookup_with_wrong_types_is_refused_before_loading_the_model(study_dir, tmp_path, edit, fragment):
