@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from allocator import ConstraintSpace
-    from allocator.samplers import BoSampler, History, SearchSpace
+    from allocator.search.samplers import BoSampler, History, SearchSpace
 
 #: Where results files go unless ``--out`` says otherwise (committed).
 RESULTS = Path(__file__).parent / "results"

@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from allocator import trial_attributes as attrs
+from allocator.search import trial_attributes as attrs
 from storage import Database
 from studies import (
     create_study,

@@ -41,7 +41,7 @@ if str(Path(__file__).parents[1]) not in sys.path:  # run as ``python bench/fron
 import optuna
 import torch
 
-from allocator.samplers import TargetView
+from allocator.search.samplers import TargetView
 from bench._common import RESULTS, RUNS, MergeRule, merge_parts, write_results
 from bench._protocol import BASE_BUDGET, CORPORA, dense_figures, figures, run_one, study_config
 from storage import Database

@@ -45,7 +45,7 @@ def _job(job: tuple[str, int, int]) -> dict[str, Any]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from allocator.samplers import TargetsInTurn, create_sampler
+    from allocator.search.samplers import TargetsInTurn, create_sampler
     from allocator.testing import SyntheticObjective, optimise_frontier, run_frontier, run_sampler
 
     kind, seed, per_target = job

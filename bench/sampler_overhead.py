@@ -43,7 +43,7 @@ def _history_study(dim: int, n: int, seed: int):
     """A study of the synthetic objective holding ``n`` completed trials (half random, half TPE)."""
     import optuna
 
-    from allocator.samplers import create_sampler, suggest_allocation
+    from allocator.search.samplers import create_sampler, suggest_allocation
     from allocator.testing import SyntheticObjective
 
     objective = SyntheticObjective(dim=dim)
@@ -64,7 +64,7 @@ def _time_proposal(dim: int, n: int, seed: int) -> dict[str, float]:
     """One ``bo`` proposal after ``n`` trials, timed in parts (same code path as ``BoSampler.propose``)."""
     import torch
 
-    from allocator.samplers import collect_history, create_sampler, gp_hyperparameters, single_threaded
+    from allocator.search.samplers import collect_history, create_sampler, gp_hyperparameters, single_threaded
 
     study, objective = _history_study(dim, n, seed)
     space = objective.space
@@ -108,7 +108,7 @@ def _compare(dim: int, n: int, seed: int) -> dict[str, Any]:
     """Part 2 on one fitted model: values reached and times."""
     import torch
 
-    from allocator.samplers import SearchSpace, collect_history, create_sampler, single_threaded
+    from allocator.search.samplers import SearchSpace, collect_history, create_sampler, single_threaded
 
     study, objective = _history_study(dim, n, seed)
     space = objective.space
@@ -133,7 +133,7 @@ def _botorch_slsqp(sampler: Any, acqf: Any, space: Any) -> dict[str, float]:
     """BoTorch's ``optimize_acqf`` with the equality constraint: seconds and the best value reached."""
     from botorch.optim import optimize_acqf
 
-    from allocator.samplers import rank_candidates
+    from allocator.search.samplers import rank_candidates
 
     t = time.perf_counter()
     X, _ = optimize_acqf(
@@ -150,7 +150,7 @@ def _botorch_slsqp(sampler: Any, acqf: Any, space: Any) -> dict[str, float]:
 
 def _same_starts(sampler: Any, acqf: Any, space: Any, hist: Any, search: Any, seed: int) -> dict[str, Any]:
     """Both local optimisers from the same 8 starts: seconds and the best value each reached."""
-    from allocator.samplers import optimize_nullspace, optimize_slsqp, select_starts
+    from allocator.search.samplers import optimize_nullspace, optimize_slsqp, select_starts
 
     starts, _ = select_starts(acqf, sampler.raw_points(space, hist, search, np.random.default_rng(seed)), 8)
     t = time.perf_counter()

@@ -6,7 +6,7 @@ lives, not what it is, and may hold a password).
 
 Types are strict (``trials: true`` or ``trials: "10"`` is refused, not read as 1 or 10), numbers must be
 finite, a key given twice in the YAML is refused, and ``sampler.options`` are validated against the
-sampler's own options model (see :mod:`allocator.samplers`), all before anything is stored. What needs the
+sampler's own options model (see :mod:`allocator.search.samplers`), all before anything is stored. What needs the
 model's configuration (per-block bound lists against its block count, reachability of the target) is
 checked by :func:`studies.check_study` before the study is created.
 
@@ -236,7 +236,7 @@ class SamplerConfig(_Strict):
     def _registered(cls, name: str, info: ValidationInfo) -> str:
         if not _check_samplers(info):
             return name
-        from allocator.samplers import sampler_names
+        from allocator.search.samplers import sampler_names
 
         if name not in sampler_names():
             raise ValueError(f"unknown sampler {name!r}; valid names are {', '.join(sampler_names())}")
@@ -246,7 +246,7 @@ class SamplerConfig(_Strict):
     def _options_valid(self, info: ValidationInfo) -> SamplerConfig:
         if not _check_samplers(info):
             return self
-        from allocator.samplers import parse_options
+        from allocator.search.samplers import parse_options
 
         try:
             parse_options(self.name, self.options)
@@ -287,7 +287,7 @@ class StudyConfig(_Strict):
     def _sampler_gets_its_split(self, info: ValidationInfo) -> StudyConfig:
         if not _check_samplers(info):
             return self
-        from allocator.samplers import sampler_entry
+        from allocator.search.samplers import sampler_entry
 
         required = sampler_entry(self.sampler.name).site_split
         if required is not None and self.sparsity.split != required:

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from allocator import Evaluation
-from allocator import trial_attributes as attrs
 from allocator.paths import make_directory
+from allocator.search import trial_attributes as attrs
 from storage import Database
 from studies._config import StudyConfig, parse_config
 from studies._export import ExportResult, Measured, export_candidates, export_study, exported_thresholds, measure

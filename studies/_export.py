@@ -52,8 +52,8 @@ from allocator import (
     write_teal_files,
     write_teal_frontier_files,
 )
-from allocator import trial_attributes as attrs
 from allocator.integrations.nncf import write_nncf_file
+from allocator.search import trial_attributes as attrs
 from studies._runner import load_optuna_study
 from studies._session import StudySession
 

@@ -10,8 +10,8 @@ import optuna
 from optuna.trial import TrialState
 
 from allocator import ConstraintSpace, check_text_source, model_shape, resolve_placement
-from allocator import trial_attributes as attrs
 from allocator.errors import DataSourceError, InputError, ModelSourceError, StorageError
+from allocator.search import trial_attributes as attrs
 from storage import Database, live_running_trials
 from studies._config import StudyConfig, parse_config
 

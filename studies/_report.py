@@ -26,9 +26,9 @@ import optuna
 from optuna.trial import TrialState
 
 from allocator import atomic_write_directory
-from allocator import trial_attributes as attrs
 from allocator.errors import InputError, OutputError
 from allocator.paths import OutputKind, check_output_directory, path_problem
+from allocator.search import trial_attributes as attrs
 from storage import Database
 from studies._manage import best_trial, load_study_config
 

@@ -41,9 +41,9 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from allocator import trial_attributes as attrs
 from allocator.errors import StorageError, first_line
-from allocator.samplers import (
+from allocator.search import trial_attributes as attrs
+from allocator.search.samplers import (
     ProposalSampler,
     TargetsInTurn,
     create_frontier_sampler,

@@ -52,7 +52,7 @@ from allocator import (
     load_text,
     make_token_sets,
 )
-from allocator import trial_attributes as attrs
+from allocator.search import trial_attributes as attrs
 from storage import Database
 from studies._config import SparsityConfig, StudyConfig
 

@@ -35,27 +35,51 @@ def test_no_function_is_longer_than_sixty_lines():
     assert not long, long
 
 
-def _module_level_imports(name: str, path: Path, known: set[str]) -> set[str]:
-    """Our modules that ``name`` imports when it is imported (imports inside functions run later)."""
-    tree = ast.parse(path.read_text())
-    targets: set[str] = set()
-    for node in tree.body:
+def _lazy_table(path: Path) -> dict[str, str]:
+    """A package's ``_LAZY`` table (public name -> defining module), or {} if it has none."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "_LAZY":
+            return ast.literal_eval(node.value)
+    return {}
+
+
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    found: set[int] = set()
+    for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            found.update(id(inner) for inner in ast.walk(node))
+    return found
+
+
+def _imports(path: Path, modules: dict[str, Path], tables: dict[str, dict[str, str]]) -> set[str]:
+    """Our modules that the module at ``path`` imports, at module level or inside a function (typing-only
+    imports aside). ``from package import name`` counts as an import of the module that defines ``name``,
+    also where the package re-exports it lazily (its ``_LAZY`` table)."""
+    tree = ast.parse(path.read_text())
+    typing_only = _type_checking_nodes(tree)
+    targets: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
             continue
-        for inner in ast.walk(node) if isinstance(node, ast.Try | ast.If) else [node]:
-            if isinstance(inner, ast.Import):
-                targets.update(alias.name for alias in inner.names)
-            elif isinstance(inner, ast.ImportFrom) and inner.module and inner.level == 0:
-                targets.add(inner.module)
-                targets.update(f"{inner.module}.{alias.name}" for alias in inner.names)
-    return {t for t in targets if t in known and t != name}
+        if isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                targets.add(full if full in modules else tables.get(node.module, {}).get(alias.name, node.module))
+    return {t for t in targets if t in modules}
 
 
-def test_there_is_no_import_cycle():
+def _import_graph() -> dict[str, set[str]]:
     modules = _modules()
-    graph = {name: _module_level_imports(name, path, set(modules)) for name, path in modules.items()}
+    tables = {name: _lazy_table(path) for name, path in modules.items() if path.name == "__init__.py"}
+    graph = {name: _imports(path, modules, tables) - {name} for name, path in modules.items()}
     # A package's __init__ re-exporting its own submodules is not a cycle of the code: drop parent -> child edges.
-    graph = {name: {t for t in targets if not t.startswith(name + ".")} for name, targets in graph.items()}
+    return {name: {t for t in targets if not t.startswith(name + ".")} for name, targets in graph.items()}
+
+
+def test_there_is_no_import_cycle_not_even_inside_functions():
+    graph = _import_graph()
     state: dict[str, int] = {}
     cycles: list[list[str]] = []
 
@@ -74,10 +98,54 @@ def test_there_is_no_import_cycle():
     assert not cycles, cycles
 
 
+# allocator's subpackages, each with what it may import (besides allocator.errors, allocator.paths and
+# allocator._lazy, which import nothing of ours but the errors). One-way: the model side at the bottom, the
+# search and the export formats above the sparse model, the integrations and test helpers on top.
+ALLOCATOR_LAYERS: dict[str, set[str]] = {
+    "allocator.model": set(),
+    "allocator.data": set(),
+    "allocator.sparsity": {"allocator.model"},
+    "allocator.search": {"allocator.model", "allocator.sparsity", "allocator.data"},
+    "allocator.export": {"allocator.model", "allocator.sparsity"},
+    "allocator.integrations": {"allocator.model", "allocator.sparsity", "allocator.search", "allocator.export"},
+    "allocator.testing": {"allocator.model", "allocator.sparsity", "allocator.search", "allocator.data"},
+}
+ALLOCATOR_BASE = {"allocator", "allocator.errors", "allocator.paths", "allocator._lazy"}
+
+
+def _allocator_part(module: str) -> str:
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "allocator" and ".".join(parts[:2]) in ALLOCATOR_LAYERS else module
+
+
+def test_allocator_subpackages_import_one_way():
+    graph = _import_graph()
+    found = {_allocator_part(m) for m in graph if m.startswith("allocator.")} - ALLOCATOR_BASE
+    assert found == set(ALLOCATOR_LAYERS), f"allocator holds modules outside its subpackages: {found}"
+    wrong = []
+    for module, targets in graph.items():
+        part = _allocator_part(module)
+        if part not in ALLOCATOR_LAYERS:
+            continue
+        for target in targets:
+            other = _allocator_part(target)
+            if other.startswith("allocator") and other != part and other not in ALLOCATOR_BASE | ALLOCATOR_LAYERS[part]:
+                wrong.append(f"{module} -> {target}")
+    assert not wrong, wrong
+
+
+def test_every_allocator_subpackage_lists_its_public_names_and_says_what_it_owns():
+    for part in ALLOCATOR_LAYERS:
+        path = ROOT / Path(*part.split(".")) / "__init__.py"
+        tree = ast.parse(path.read_text())
+        assert ast.get_docstring(tree), f"{part} has no docstring"
+        assert "__all__" in path.read_text(), f"{part} has no __all__"
+
+
 @pytest.mark.parametrize(
     "statement",
     [
-        "import allocator.trial_attributes",
+        "import allocator.search.trial_attributes",
         "import storage",
         "from studies import summarize, load_study_config",
         "from studies.cli import main",
@@ -93,7 +161,7 @@ def test_read_paths_import_neither_torch_nor_botorch(statement):
 def test_the_lint_refuses_a_private_import_across_packages(package):
     ruff = Path(sys.executable).with_name("ruff")
     offender = ROOT / package / "_lint_probe.py"
-    offender.write_text("from allocator._constraint import ConstraintSpace\n\n__all__ = ['ConstraintSpace']\n")
+    offender.write_text("from allocator.search._constraint import ConstraintSpace\n\n__all__ = ['ConstraintSpace']\n")
     try:
         result = subprocess.run(
             [str(ruff), "check", "--no-cache", "--output-format", "concise", str(offender)],

@@ -4,3 +4,6 @@ Each integration is a submodule that imports its tool lazily, so importing it (a
 file from a lookup) needs neither that tool nor torch: :mod:`allocator.integrations.nncf` turns a lookup
 into per-site targets for NNCF's ``sparsify_activations``.
 """
+
+# Each integration is imported as its own submodule (``allocator.integrations.nncf``), never from here.
+__all__: list[str] = []

@@ -25,9 +25,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from allocator._adapters import SITE_NAMES, site_module_path
-from allocator._lookup_checks import check_lookup
 from allocator.errors import InputError, NNCFNotInstalledError, OutputError
+from allocator.export import check_lookup
+from allocator.model import SITE_NAMES, site_module_path
 
 NNCF_FORMAT = "sparsealloc.nncf/v1"
 NNCF_FILE = "nncf.json"
@@ -47,7 +47,7 @@ def nncf_scope(architecture: str, block: int, site: str) -> str:
 def _site_targets(lookup: dict[str, Any]) -> list[dict[str, Any]]:
     """One ``{block, site, scope, sparsity}`` per site of every block, in block then site order.
 
-    Checks the lookup first, as every reader does (:func:`allocator._lookup_checks.check_lookup`), so that a
+    Checks the lookup first, as every reader does (:func:`allocator.export._lookup_checks.check_lookup`), so that a
     hand-made, truncated or meaningless lookup dict is one sentence naming the field rather than a
     ``KeyError`` or NNCF targets that are not the study's.
     """
@@ -130,7 +130,7 @@ def nncf_targets(lookup: dict[str, Any], model: Any) -> dict[str, float]:
     fingerprint) is the one the lookup was made for, since NNCF would apply any lookup of the same
     architecture without complaint.
     """
-    from allocator._lookup import check_lookup_model  # imports torch: not needed to write nncf.json
+    from allocator.export import check_lookup_model  # imports torch: not needed to write nncf.json
 
     check_lookup_model(lookup, model)  # and the lookup's block count and weighted means against the model's
     return {target["scope"]: target["sparsity"] for target in _site_targets(lookup)}

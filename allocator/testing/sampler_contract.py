@@ -1,8 +1,8 @@
-"""The one contract every sampler passes (run over all of them by ``tests/allocator/samplers/test_contract.py``).
+"""The one contract every sampler passes (run over all of them by ``tests/allocator/search/samplers/test_contract.py``).
 
 Like ``optuna/testing/pytest_samplers.py``: each check builds real Optuna studies (in memory, or on the
 storage URL it is given, e.g. a SQLite file) and runs the objective the way a study does, through
-:func:`~allocator.samplers.suggest_allocation`.
+:func:`~allocator.search.samplers.suggest_allocation`.
 
 * every evaluated vector satisfies the constraint within 1e-6 and the bounds; our own samplers'
   proposals are already on it (the projection moves them by less than 1e-9);
@@ -12,7 +12,7 @@ storage URL it is given, e.g. a SQLite file) and runs the objective the way a st
   uninterrupted one would;
 * single-point samplers (``max_trials == 1``) refuse a second proposal with one clear sentence.
 
-Every sampler's frontier variant (:func:`~allocator.samplers.create_frontier_sampler`, a study of the targets of
+Every sampler's frontier variant (:func:`~allocator.search.samplers.create_frontier_sampler`, a study of the targets of
 :data:`CONTRACT_SPACES`) passes the same contract, target by target (the ``check_frontier_*`` functions): every
 trial gets a target and meets that target's constraint, every target gets trials, and a pending point, a resumed
 study and a single-point sampler behave as above at each target.
@@ -30,9 +30,9 @@ import numpy as np
 import optuna
 
 from allocator import ConstraintSpace
-from allocator import trial_attributes as attrs
 from allocator.errors import InputError
-from allocator.samplers import (
+from allocator.search import trial_attributes as attrs
+from allocator.search.samplers import (
     BlockSampler,
     ProposalSampler,
     TargetsInTurn,

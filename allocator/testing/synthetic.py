@@ -164,12 +164,12 @@ def run_sampler(
 ) -> np.ndarray:
     """Run ``n_trials`` of the sampler ``name`` on ``objective`` in a fresh Optuna study.
 
-    The objective goes through :func:`~allocator.samplers.suggest_allocation` like a real one, so samplers
+    The objective goes through :func:`~allocator.search.samplers.suggest_allocation` like a real one, so samplers
     that ignore the constraint are projected. Returns the ``n_trials`` values in trial order.
     """
     import optuna
 
-    from allocator.samplers import create_sampler, suggest_allocation
+    from allocator.search.samplers import create_sampler, suggest_allocation
 
     sampler = create_sampler(name, space=objective.space, seed=seed, **options)
     study = optuna.create_study(direction="minimize", sampler=sampler, storage=storage)
@@ -194,7 +194,7 @@ def run_frontier(
     """Run ``n_trials`` of a frontier study (one objective per target) with sampler ``name``, as the study runner
     does: the sampler gives each trial its target, the vector is evaluated on that target's constraint.
     Returns ``(target, value)`` per trial, in trial order."""
-    from allocator.samplers import create_frontier_sampler
+    from allocator.search.samplers import create_frontier_sampler
 
     sampler = create_frontier_sampler(name, spaces={t: o.space for t, o in objectives.items()}, seed=seed, **options)
     return optimise_frontier(sampler, objectives=objectives, n_trials=n_trials)
@@ -206,8 +206,8 @@ def optimise_frontier(
     """:func:`run_frontier` with a sampler already built (e.g. per-target samplers taking turns)."""
     import optuna
 
-    from allocator import trial_attributes as attrs
-    from allocator.samplers import suggest_allocation
+    from allocator.search import trial_attributes as attrs
+    from allocator.search.samplers import suggest_allocation
 
     study = optuna.create_study(direction="minimize", sampler=sampler)
 

@@ -41,7 +41,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from allocator import Calibration, load_model
-from allocator import trial_attributes as attrs
+from allocator.search import trial_attributes as attrs
 from storage import CalibrationRecord, Database
 
 SPARSEALLOC = str(Path(sys.executable).with_name("sparsealloc"))

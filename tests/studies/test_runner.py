@@ -8,9 +8,9 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from allocator import trial_attributes as attrs
 from allocator.errors import StorageError
-from allocator.samplers import evaluated_vector
+from allocator.search import trial_attributes as attrs
+from allocator.search.samplers import evaluated_vector
 from storage import Database
 from studies import create_study, load_config, open_session, run_study, summarize
 

@@ -8,7 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from allocator import trial_attributes as attrs
+from allocator.search import trial_attributes as attrs
 from storage import Database
 from studies import create_study, load_config, open_session, run_study, tokens_spent
 
