@@ -8,8 +8,8 @@
   and the samplers (:mod:`allocator.search.samplers`).
 - :mod:`allocator.export`: the lookup and its loader, frontier exports, TEAL's files, atomic writes.
 - :mod:`allocator.integrations`: other tools reading our exports (NNCF); :mod:`allocator.testing`: helpers
-  for tests and benchmarks; :mod:`allocator.errors` and :mod:`allocator.paths`: the errors, and the checks of
-  user-given paths, that every layer uses.
+  for tests and benchmarks; :mod:`allocator.errors`, :mod:`allocator.paths` and :mod:`allocator.schema`: the
+  errors, the checks of user-given paths, and the strict pydantic bases, that every layer uses.
 
 The imports between subpackages run one way (model, data → sparsity → search, export → integrations;
 ``tests/test_architecture.py`` checks it). This package re-exports every subpackage's public names, so
@@ -21,9 +21,7 @@ transformers, botorch) are imported on first use of a name, so ``import allocato
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from allocator._lazy import lazy_attributes
 from allocator.errors import (
     DataSourceError,
     InfeasibleConstraintError,
@@ -32,7 +30,6 @@ from allocator.errors import (
     ModelSourceError,
     OutputError,
     SparseallocError,
-    StorageError,
     UnsupportedArchitectureError,
 )
 
@@ -85,7 +82,7 @@ _LAZY: dict[str, str] = {
     "GreedySplit": "allocator.sparsity._greedy",
     "GreedyTable": "allocator.sparsity._greedy",
     "build_greedy_table": "allocator.sparsity._greedy",
-    "capture_block_inputs": "allocator.sparsity._greedy",
+    "capture_block_inputs": "allocator.sparsity._blocks",
     "LOOKUP_FORMAT": "allocator.export._lookup",
     "build_lookup": "allocator.export._lookup",
     "check_export_target": "allocator.export._lookup",
@@ -127,16 +124,8 @@ __all__ = [
     "ModelSourceError",
     "OutputError",
     "SparseallocError",
-    "StorageError",
     "UnsupportedArchitectureError",
     *_LAZY,
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'allocator' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)

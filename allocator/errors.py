@@ -38,10 +38,6 @@ class LookupFileError(SparseallocError, ValueError):
     """A lookup file is malformed, of an unknown format version, or for another model."""
 
 
-class StorageError(SparseallocError, RuntimeError):
-    """The study database cannot be opened, reached or understood."""
-
-
 class NNCFNotInstalledError(SparseallocError, ImportError):
     """The optional ``nncf`` package is needed (``pip install sparsealloc[nncf]``) and not installed."""
 

@@ -4,9 +4,6 @@ Each script in bench/ measures one thing and writes ``<name>.json`` and ``<name>
 smoke run) into its results folder (default ``bench/results``). The parts they all do alike live here, so a
 results file is written one way, a machine is described one way, and split invocations of a benchmark are
 joined by one mechanism (:func:`merge_parts`) whose rule each benchmark states (:class:`MergeRule`).
-
-The one place bench/ reaches into a private attribute of the product is :func:`bo_private_steps` below: no
-public API offers those steps yet (see its TODO).
 """
 
 from __future__ import annotations
@@ -20,8 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from allocator import ConstraintSpace
-    from allocator.search.samplers import BoSampler, History, SearchSpace
+    pass
 
 #: Where results files go unless ``--out`` says otherwise (committed).
 RESULTS = Path(__file__).parent / "results"
@@ -169,20 +165,3 @@ def _join_databases(
         if json.dumps(entry["dense"], sort_keys=True) != json.dumps(info["dense"], sort_keys=True):
             raise SystemExit(f"{path}: the dense figures of {db} differ from another part's; not the same run.")
         entry["merged_from"].append(str(path))
-
-
-def bo_private_steps(
-    sampler: BoSampler,
-) -> tuple[
-    Callable[[History], SearchSpace],
-    Callable[[History, SearchSpace, Any], ConstraintSpace],
-]:
-    """The two steps of a ``bo`` proposal that bench/sampler_overhead.py times apart but ``BoSampler`` keeps
-    private: the phase's search space (depth knots or the full vector), and the trust region around the best
-    point. The only private access in bench/ (tests/test_architecture.py allows it here and nowhere else).
-
-    TODO(public API): ``BoSampler.search_space(history) -> SearchSpace`` (today ``_search``) and
-    ``BoSampler.acquisition_box(history, search, model) -> ConstraintSpace`` (today ``_trust_region``, with the
-    choice ``_model_step`` makes: the trust region when enabled on the full vector, else ``search.space``).
-    """
-    return sampler._search, sampler._trust_region

@@ -20,6 +20,8 @@ from optuna.trial import TrialState
 from allocator.search import trial_attributes as attrs
 from storage import Database
 from studies import (
+    StudyConfig,
+    build_config,
     create_study,
     evaluate_candidate,
     export_candidates,
@@ -27,7 +29,6 @@ from studies import (
     load_optuna_study,
     measure,
     open_session,
-    parse_config,
     run_study,
     tokens_spent,
 )
@@ -75,13 +76,26 @@ def spent_budget(sampler: str, budget: int) -> int:
     return BASE_BUDGET if sampler in SINGLE else budget
 
 
-def study_config(sampler: str, target: float, seed: int, budget: int, args: argparse.Namespace) -> dict[str, Any]:
-    """The study configuration (for ``parse_config``) of one benchmark cell under the data settings ``args``."""
-    name, split = VARIANTS.get(sampler, (sampler, "uniform"))
-    return {
-        "name": study_name(sampler, target, seed, budget),
-        "model": "smollm2-135m",
-        "data": {
+def study_config(
+    sampler: str,
+    target: float | list[float],
+    seed: int,
+    budget: int,
+    args: argparse.Namespace,
+    *,
+    name: str | None = None,
+    source: str | None = None,
+) -> StudyConfig:
+    """The study configuration of one benchmark cell under the data settings ``args``: named by
+    :func:`study_name` unless ``name`` is given (a frontier study, whose ``target`` is a list, names its own);
+    ``source`` prefixes its errors (default: the name)."""
+    variant, split = VARIANTS.get(sampler, (sampler, "uniform"))
+    name = name or study_name(sampler, target, seed, budget)
+    return build_config(
+        name,
+        target=target,
+        model="smollm2-135m",
+        data={
             "source": "pydoc",
             "ood": "parlspeech",
             "seq_len": args.seq_len,
@@ -92,25 +106,20 @@ def study_config(sampler: str, target: float, seed: int, budget: int, args: argp
             "ood_sequences": args.heldout_sequences,
             "seed": 0,
         },
-        "sparsity": {
-            "target": target,
-            "lower": 0.0,
-            "upper": 0.9,
-            "split": split,
-            "greedy": {"sequences": args.greedy_sequences},
-        },
-        "sampler": {"name": name},
-        "search": {
+        sparsity={"lower": 0.0, "upper": 0.9, "split": split, "greedy": {"sequences": args.greedy_sequences}},
+        sampler=variant,
+        search={
             "screen_sequences": args.screen,
             "promote_sequences": args.promote,
             # One evaluation whatever the budget: the same study for every --budgets, so invocations share it.
             "budget_tokens": spent_budget(sampler, budget),
             "validation_candidates": 3,
         },
-        "trials": 1 if sampler in SINGLE else 1000,
-        "seed": seed,
-        "evaluation": {"batch_size": 8, "heldout": "none"},
-    }
+        trials=1 if sampler in SINGLE else 1000,
+        seed=seed,
+        evaluation={"batch_size": 8, "heldout": "none"},
+        source=source or name,
+    )
 
 
 def figures(evaluation: Any, dense: dict[str, float]) -> dict[str, float]:
@@ -124,11 +133,10 @@ def figures(evaluation: Any, dense: dict[str, float]) -> dict[str, float]:
     }
 
 
-def run_one(database: Database, config: dict[str, Any], dense: dict[str, dict[str, float]], thresholds: bool) -> dict:
+def run_one(database: Database, config: StudyConfig, dense: dict[str, dict[str, float]], thresholds: bool) -> dict:
     """Run (or reuse) one study, choose its allocation by validation and measure it on the held-out corpora."""
-    parsed = parse_config(config, source=config["name"])
-    create_study(database, parsed)
-    session = open_session(database, parsed)
+    create_study(database, config)
+    session = open_session(database, config)
     started = time.perf_counter()
     run_study(session)  # returns at once for a study already finished in this database (a rerun)
     study = load_optuna_study(session)
@@ -136,7 +144,7 @@ def run_one(database: Database, config: dict[str, Any], dense: dict[str, dict[st
     candidates = [evaluate_candidate(session, t) for t in export_candidates(study, 3)]
     best = min(candidates, key=lambda c: (c.validation.kl, c.trial.number))
     run: dict[str, Any] = {
-        "name": config["name"],
+        "name": config.name,
         "trials": len(complete),
         "tokens": tokens_spent(study),
         "wall_seconds": (
@@ -170,7 +178,7 @@ def _promotions(trials: list[optuna.trial.FrozenTrial]) -> list[list[float]]:
 def dense_figures(database: Database, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """The dense model's figures on both held-out corpora under the data settings ``args`` (the reference of
     every degradation)."""
-    config = parse_config(study_config("uniform", 0.5, 0, BASE_BUDGET, args), source="dense")
+    config = study_config("uniform", 0.5, 0, BASE_BUDGET, args, source="dense")
     session = open_session(database, config)
     evaluations = {role: session.evaluate(0.0, role, rule="threshold") for role in CORPORA}
     return {

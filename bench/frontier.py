@@ -51,7 +51,6 @@ from studies import (
     export_candidates,
     load_optuna_study,
     open_session,
-    parse_config,
     run_study,
     tokens_spent,
 )
@@ -65,15 +64,13 @@ SECTIONS = ("baselines", "single", "frontier")
 def frontier_run(database: Database, args: argparse.Namespace, seed: int, dense: dict) -> dict[str, Any]:
     """Run (or reuse) the frontier study of ``seed``; its chosen allocation and held-out figures per target,
     and the interpolated allocations between them."""
-    config = study_config("bo-greedy", 0.5, seed, 2 * args.budget, args)
-    config["name"] = f"frontier-bo-greedy-s{seed}" + ("" if args.budget == BASE_BUDGET else f"-b{args.budget}")
-    config["sparsity"]["target"] = list(TARGETS)
-    parsed = parse_config(config, source=config["name"])
-    create_study(database, parsed)
-    session = open_session(database, parsed)
+    name = f"frontier-bo-greedy-s{seed}" + ("" if args.budget == BASE_BUDGET else f"-b{args.budget}")
+    config = study_config("bo-greedy", list(TARGETS), seed, 2 * args.budget, args, name=name)
+    create_study(database, config)
+    session = open_session(database, config)
     run_study(session)
     study = load_optuna_study(session)
-    run: dict[str, Any] = {"name": config["name"], "tokens": tokens_spent(study), "points": {}, "between": {}}
+    run: dict[str, Any] = {"name": config.name, "tokens": tokens_spent(study), "points": {}, "between": {}}
     vectors: dict[float, torch.Tensor] = {}
     for target in TARGETS:
         view = TargetView(study, target, TARGETS)

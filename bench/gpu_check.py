@@ -26,7 +26,7 @@ import torch
 from allocator import Objective, SparseModel, calibrate, compute_reference, load_model, load_text, make_token_sets
 from bench._common import RESULTS, results_name, write_results
 from storage import Database
-from studies import create_study, open_session, parse_config, run_study
+from studies import build_config, create_study, open_session, run_study
 
 
 def _timed(function):
@@ -62,15 +62,13 @@ def study_wall_time(trials: int) -> float:
     """Seconds of one ``trials``-trial ``bo`` study on the GPU in bfloat16 (in a throwaway database)."""
     with tempfile.TemporaryDirectory() as directory:
         database = Database(f"sqlite:///{directory}/gpu.db")
-        config = parse_config(
-            {
-                "name": "gpu-bo-50",
-                "model": {"source": "smollm2-135m", "device": "cuda", "dtype": "bfloat16"},
-                "sparsity": {"target": 0.5},
-                "sampler": {"name": "bo"},
-                "trials": trials,
-                "evaluation": {"heldout": "none"},
-            }
+        config = build_config(
+            "gpu-bo-50",
+            target=0.5,
+            model={"source": "smollm2-135m", "device": "cuda", "dtype": "bfloat16"},
+            sampler="bo",
+            trials=trials,
+            evaluation={"heldout": "none"},
         )
         create_study(database, config)
         started = time.perf_counter()

@@ -42,7 +42,7 @@ from bench._allocator_files import databases_of, with_role_counts
 from bench._common import RESULTS, RUNS, environment, write_results
 from bench._protocol import BASE_BUDGET, CORPORA, study_config
 from storage import Database
-from studies import open_session, parse_config
+from studies import open_session
 
 EPSILON = 2.0**-23
 
@@ -161,9 +161,7 @@ def _sessions(database: Database, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One session per site split the allocations use (one model each, perturbed alike); notes each run's split."""
     sessions: dict[str, Any] = {}
     for run in runs:
-        config = parse_config(
-            study_config(run["sampler"], run["target"], 0, BASE_BUDGET, run["settings"]), source="noise"
-        )
+        config = study_config(run["sampler"], run["target"], 0, BASE_BUDGET, run["settings"], source="noise")
         run["split"] = config.sparsity.split
         if run["split"] not in sessions:
             sessions[run["split"]] = open_session(database, config)

@@ -36,7 +36,7 @@ import numpy as np
 if str(Path(__file__).parents[1]) not in sys.path:  # run as ``python bench/sampler_overhead.py``: the root
     sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from bench._common import RESULTS, bo_private_steps, machine, write_results
+from bench._common import RESULTS, machine, write_results
 
 
 def _history_study(dim: int, n: int, seed: int):
@@ -69,24 +69,23 @@ def _time_proposal(dim: int, n: int, seed: int) -> dict[str, float]:
     study, objective = _history_study(dim, n, seed)
     space = objective.space
     sampler = create_sampler("bo", space=space, seed=seed)
-    search_space, trust_region = bo_private_steps(sampler)
     options = sampler.options
     trial = _frozen(study, study.ask())
     # A running study has drawn its hit-and-run pool once (its cost is reported apart): warm it on the very
     # space this proposal searches (the pool is cached per space object and seed).
     with torch.device("cpu"), single_threaded():
-        warm = search_space(collect_history(study, trial, space)).space
+        warm = sampler.search_space(collect_history(study, trial, space)).space
         warm.polytope_pool(seed=seed, size=options.raw_samples)
     parts: dict[str, float] = {}
     t0 = time.perf_counter()
     with torch.device("cpu"), single_threaded():
         hist = collect_history(study, trial, space)
-        search = search_space(hist)
+        search = sampler.search_space(hist)
         t1 = time.perf_counter()
         model = sampler.fit(hist, search)  # a cold fit (no stored warm start): the worst case
         t2 = time.perf_counter()
         acqf = sampler.acquisition(model, hist, search, seed=0)
-        box = trust_region(hist, search, model) if options.trust_region and search.to_blocks is None else search.space
+        box = sampler.acquisition_box(hist, search, model)
         sampler.optimize(acqf, box, hist, search, np.random.default_rng(seed))
         t3 = time.perf_counter()
         # A warm-started refit, as in a running study where the previous proposal stored its fit.

@@ -28,8 +28,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
-from allocator.errors import StorageError, first_line
+from allocator.errors import first_line
 from allocator.paths import path_kind
+from storage._errors import StorageError
 from storage._leases import ArtifactClaims, proposal_lock
 from storage._readonly import read_only_url
 from storage._tables import SCHEMA_VERSION, Base, ExportRecord, Meta, ModelRecord, StudyRecord
@@ -245,6 +246,8 @@ class Database:
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def dispose(self) -> None:
+        """Close every pooled connection, ours and Optuna's storage's, so that a process done with the database holds
+        none open."""
         self.engine.dispose()
         if "optuna_storage" in self.__dict__:
             self.optuna_storage.engine.dispose()
@@ -280,6 +283,8 @@ class Database:
         )
 
     def artifact(self, key: str) -> bytes | None:
+        """The artifact stored under ``key``, or None if it is absent or still being computed: a read that never
+        waits."""
         return self.claims.ready(key)
 
     # -- models ------------------------------------------------------------------------------------------
@@ -326,6 +331,8 @@ class Database:
             return False
 
     def study_config(self, name: str) -> dict[str, Any]:
+        """The canonical configuration study ``name`` was registered with; a study the database does not hold is
+        refused, naming those it does."""
         record = None
         if self.has_schema:
             with Session(self.engine) as session:
@@ -337,6 +344,7 @@ class Database:
         return json.loads(record.config)
 
     def study_names(self) -> list[str]:
+        """The names of the studies the database holds, sorted (none before the schema exists)."""
         if not self.has_schema:
             return []
         with Session(self.engine) as session:
@@ -352,6 +360,8 @@ class Database:
     def record_export(
         self, *, study_name: str, trial_number: int, path: str, heldout_perplexity: float | None, lookup: str
     ) -> None:
+        """Record a lookup exported from a study (where it went and the lookup document itself), so the database keeps
+        what was shipped from it."""
         with Session(self.engine) as session, session.begin():
             session.add(
                 ExportRecord(

@@ -1,4 +1,5 @@
-"""Which database errors are a lost connection (wait and reconnect) and which are real (stop, say why).
+"""Storage's errors: :class:`StorageError`, and which database errors are a lost connection (wait and
+reconnect) and which are real (stop, say why).
 
 A lost connection (a PostgreSQL restart, a network cut) is worth waiting out: the runner reconnects and
 goes on. Everything else is not: a read-only SQLite file, a full disk or a corrupt file fails the same way
@@ -12,6 +13,14 @@ import sqlite3
 from collections.abc import Iterator
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from allocator.errors import SparseallocError
+
+
+class StorageError(SparseallocError, RuntimeError):
+    """The study database cannot be opened, reached or understood (a user's error: the command line prints its
+    one sentence and exits with status 2, as for every :class:`~allocator.errors.SparseallocError`)."""
+
 
 #: The SQLAlchemy classes a lost connection arrives as (narrowed further by :func:`is_connection_error`).
 CONNECTION_ERRORS = (OperationalError, InterfaceError)

@@ -16,21 +16,17 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from allocator.search import rdb_storage, stale_trial_ids, study_id, trial_tables
+
 if TYPE_CHECKING:
     import optuna
 
 
-def rdb_storage(study: optuna.Study) -> optuna.storages.RDBStorage:
-    """The RDB storage under ``study`` (Optuna wraps it in a private caching layer)."""
-    return getattr(study._storage, "_backend", study._storage)
-
-
 def unheartbeated_running_trials(storage: optuna.storages.RDBStorage, study_id: int) -> list[int]:
     """The ids of the study's RUNNING trials that have no heartbeat row."""
-    from optuna.storages._rdb import models  # noqa: PLC2701 - the tables this repair reads are Optuna's own
     from optuna.trial import TrialState
 
-    trials, heartbeats = models.TrialModel, models.TrialHeartbeatModel
+    trials, heartbeats = trial_tables()
     query = (
         select(trials.trial_id)
         .outerjoin(heartbeats, heartbeats.trial_id == trials.trial_id)
@@ -47,10 +43,9 @@ def live_running_trials(storage: optuna.storages.RDBStorage, study_id: int) -> l
     this agrees with the trials Optuna would fail. A RUNNING trial without a heartbeat counts as not alive:
     a live owner writes its first heartbeat within moments of creating the trial.
     """
-    from optuna.storages._rdb import models  # noqa: PLC2701 - the tables this check reads are Optuna's own
     from optuna.trial import TrialState
 
-    trials, heartbeats = models.TrialModel, models.TrialHeartbeatModel
+    trials, heartbeats = trial_tables()
     query = (
         select(trials.trial_id, trials.number)
         .join(heartbeats, heartbeats.trial_id == trials.trial_id)
@@ -58,7 +53,7 @@ def live_running_trials(storage: optuna.storages.RDBStorage, study_id: int) -> l
     )
     with Session(storage.engine) as session:
         running = {trial_id: number for trial_id, number in session.execute(query)}
-    stale = set(storage._get_stale_trial_ids(study_id))  # Optuna's own staleness test
+    stale = set(stale_trial_ids(storage, study_id))  # Optuna's own staleness test
     return sorted(number for trial_id, number in running.items() if trial_id not in stale)
 
 
@@ -69,7 +64,7 @@ def heartbeat_orphans(study: optuna.Study) -> list[int]:
     again, after the storage's grace period.
     """
     storage = rdb_storage(study)
-    ids = unheartbeated_running_trials(storage, study._study_id)
+    ids = unheartbeated_running_trials(storage, study_id(study))
     for trial_id in ids:
         storage.record_heartbeat(trial_id)  # a concurrent first heartbeat of the owner wins; both are fine
     return ids

@@ -19,14 +19,20 @@ SCHEMA_VERSION = 2
 
 
 def utc_now() -> datetime:
+    """The current time, timezone-aware in UTC: the default of every ``created_at`` column, whatever the machine's
+    zone."""
     return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
+    """The declarative base of our tables, so that their metadata creates them apart from Optuna's."""
+
     pass
 
 
 class Meta(Base):
+    """``sparsealloc_meta``: key-value rows, among them the schema version every open checks."""
+
     __tablename__ = "sparsealloc_meta"
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -34,6 +40,9 @@ class Meta(Base):
 
 
 class ModelRecord(Base):
+    """``sparsealloc_models``: a model's identity and site weights by fingerprint, so that stored results name the model
+    they came from."""
+
     __tablename__ = "sparsealloc_models"
 
     fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -46,6 +55,9 @@ class ModelRecord(Base):
 
 
 class StudyRecord(Base):
+    """``sparsealloc_studies``: a study's canonical configuration and its hash, from which every worker rebuilds the
+    study."""
+
     __tablename__ = "sparsealloc_studies"
 
     name: Mapped[str] = mapped_column(String(256), primary_key=True)
@@ -55,6 +67,9 @@ class StudyRecord(Base):
 
 
 class CalibrationRecord(Base):
+    """``sparsealloc_calibrations``: one calibration artifact (histograms or a greedy table), claimed by the worker
+    computing it and ready once its blob is stored."""
+
     __tablename__ = "sparsealloc_calibrations"
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -69,6 +84,9 @@ class CalibrationRecord(Base):
 
 
 class ExportRecord(Base):
+    """``sparsealloc_exports``: one lookup exported from a study, with the trial it came from and its held-out
+    perplexity."""
+
     __tablename__ = "sparsealloc_exports"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

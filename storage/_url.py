@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from urllib.parse import quote, unquote
 
-from allocator.errors import StorageError
+from storage._errors import StorageError
 
 DEFAULT_URL = "sqlite:///sparsealloc.db"
 URL_ENVIRONMENT_VARIABLE = "SPARSEALLOC_STORAGE"
@@ -89,6 +89,8 @@ def redact(text: str) -> str:
 
 
 def is_sqlite(url: str) -> bool:
+    """Whether ``url`` names a SQLite database, which the storage opens and locks differently (a busy timeout, WAL, a
+    file lock beside it)."""
     return url.startswith("sqlite")
 
 

@@ -28,14 +28,13 @@ import hashlib
 import itertools
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -46,6 +45,7 @@ from pydantic import (
 
 from allocator.errors import InputError
 from allocator.paths import path_errors
+from allocator.schema import StrictModel
 
 #: Seeds feed NumPy, PyTorch and Optuna generators, which take unsigned 32-bit seeds.
 MAX_SEED = 2**32 - 1
@@ -63,11 +63,7 @@ def _check_samplers(info: ValidationInfo) -> bool:
     return not (isinstance(info.context, dict) and info.context.get("stored"))
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     """The model and where it runs. A plain string is the source with ``device`` and ``dtype`` ``auto``."""
 
     source: str = "smollm2-135m"
@@ -86,7 +82,7 @@ def _model_entry(value: Any) -> Any:
     return {"source": value} if isinstance(value, str) else value
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     """Where the tokens of the four data roles come from (never two roles on one document)."""
 
     source: str = "pydoc"
@@ -104,7 +100,7 @@ class DataConfig(_Strict):
     seed: Seed = 0
 
 
-class SearchConfig(_Strict):
+class SearchConfig(StrictModel):
     """What the search minimises, on which tokens, and how much it may spend.
 
     Every trial is screened on the first ``screen_sequences`` of the (seeded) search pool, common to all
@@ -127,7 +123,7 @@ class SearchConfig(_Strict):
     validation_candidates: int = Field(default=3, ge=1)
 
 
-class GreedyConfig(_Strict):
+class GreedyConfig(StrictModel):
     """Settings of the greedy split tables (built once per calibration)."""
 
     step: float = Field(default=0.025, gt=0, le=0.5, allow_inf_nan=False)
@@ -168,7 +164,7 @@ def _expand_targets(value: Any) -> Any:
 Target = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
 
 
-class SparsityConfig(_Strict):
+class SparsityConfig(StrictModel):
     """The constraint and how sparsity is applied.
 
     ``target`` is one model-level sparsity, or several (a list, or a range ``{from, to, step}``): a
@@ -225,7 +221,7 @@ class SparsityConfig(_Strict):
         return self
 
 
-class SamplerConfig(_Strict):
+class SamplerConfig(StrictModel):
     """The sampler by its registered name, and its options (validated by the sampler's options model)."""
 
     name: str = "bo"
@@ -255,14 +251,23 @@ class SamplerConfig(_Strict):
         return self
 
 
-class EvaluationConfig(_Strict):
+class EvaluationConfig(StrictModel):
+    """How trials are evaluated: sequences per forward pass, and whether held-out figures are reported as the best trial
+    improves."""
+
     batch_size: int = Field(default=8, ge=1)
     heldout: Literal["best", "none"] = Field(
         default="best", description="Report held-out figures of each trial that improves on the best so far."
     )
 
 
-class StudyConfig(_Strict):
+class StudyConfig(StrictModel):
+    """A whole study file, validated: what every worker of the study rebuilds its model, data, sampler and search from.
+
+    Storage keeps its :meth:`canonical` form, so workers and later commands read the study's settings from the database
+    rather than from a file that may have changed.
+    """
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
     model: Annotated[ModelConfig, BeforeValidator(_model_entry)] = ModelConfig()
     data: DataConfig = DataConfig()
@@ -299,6 +304,8 @@ class StudyConfig(_Strict):
         return self.model_dump(mode="json")
 
     def digest(self) -> str:
+        """The sha256 of the canonical configuration, by which storage refuses a study name reused with another
+        configuration."""
         return hashlib.sha256(json.dumps(self.canonical(), sort_keys=True).encode()).hexdigest()
 
 
@@ -338,6 +345,54 @@ def parse_config(data: Any, *, source: str = "config", stored: bool = False) -> 
     return config
 
 
+Section = Mapping[str, Any] | None
+
+
+def build_config(
+    name: str,
+    *,
+    target: float | Sequence[float] | Mapping[str, float],
+    model: str | Mapping[str, Any] | None = None,
+    data: Section = None,
+    sparsity: Section = None,
+    sampler: str | Mapping[str, Any] | None = None,
+    search: Section = None,
+    evaluation: Section = None,
+    trials: int | None = None,
+    seed: int | None = None,
+    source: str = "config",
+) -> StudyConfig:
+    """A validated study configuration from Python: a study file's sections as keyword arguments.
+
+    The one way code builds a study (the command line's one-off commands, the demo, the soak, the
+    benchmarks): each section is the mapping a study file holds under that key (``model`` and ``sampler``
+    may also be a bare name), ``target`` is ``sparsity.target``, and only what is given is set. A section or
+    key left out, or given as None, takes the schema's default (the models above), as in a YAML file, so no
+    default is written twice. Errors are :func:`parse_config`'s: one sentence naming the key, after ``source``.
+    """
+    if sparsity is not None and "target" in sparsity:
+        raise TypeError("build_config takes the target once, as `target`, not also in `sparsity`")
+    if isinstance(target, Sequence):
+        target = list(target)  # a tuple of targets too (strict validation takes lists only)
+    sections: dict[str, Any] = {
+        "model": model,
+        "data": data,
+        "sparsity": {**(sparsity or {}), "target": target},
+        "sampler": {"name": sampler} if isinstance(sampler, str) else sampler,
+        "search": search,
+        "evaluation": evaluation,
+        "trials": trials,
+        "seed": seed,
+    }
+    document: dict[str, Any] = {"name": name}
+    for key, value in sections.items():
+        if isinstance(value, Mapping):
+            value = {field: given for field, given in value.items() if given is not None}
+        if value is not None:
+            document[key] = value
+    return parse_config(document, source=source)
+
+
 class DuplicateKeyError(yaml.constructor.ConstructorError):
     """A mapping key given twice in a YAML file (PyYAML alone silently keeps the last)."""
 
@@ -346,6 +401,7 @@ class UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's SafeLoader, refusing a mapping key given twice."""
 
     def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        """PyYAML's mapping constructor, raising :class:`DuplicateKeyError` at the second occurrence of a key."""
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)

@@ -20,7 +20,7 @@ from allocator import Evaluation
 from allocator.paths import make_directory
 from allocator.search import trial_attributes as attrs
 from storage import Database
-from studies._config import StudyConfig, parse_config
+from studies._config import StudyConfig, build_config
 from studies._export import ExportResult, Measured, export_candidates, export_study, exported_thresholds, measure
 from studies._manage import create_study
 from studies._report import write_report
@@ -33,17 +33,16 @@ DEMO_TRIALS = 30
 def demo_config(trials: int | None = None, *, sampler: str = "bo") -> StudyConfig:
     """A study at 50% model-level sparsity, sized so the demo finishes inside 20 minutes on 2 CPU cores."""
     split = {"uniform": "uniform", "greedy": "greedy"}.get(sampler, "blend")
-    return parse_config(
-        {
-            "name": f"demo-{sampler}-blend-50" if split == "blend" else f"demo-{sampler}-50",
-            "model": "smollm2-135m",
-            "data": {"source": "pydoc", "seq_len": 256, "calibration_sequences": 8, "search_sequences": 48},
-            "sparsity": {"target": 0.5, "lower": 0.0, "upper": 0.9, "split": split, "greedy": {"sequences": 2}},
-            "sampler": {"name": sampler},
-            "search": {"screen_sequences": 4, "promote_sequences": [8]},
-            "trials": (trials or DEMO_TRIALS) if sampler == "bo" else 1,
-            "seed": 0,
-        },
+    return build_config(
+        f"demo-{sampler}-blend-50" if split == "blend" else f"demo-{sampler}-50",
+        target=0.5,
+        model="smollm2-135m",
+        data={"source": "pydoc", "seq_len": 256, "calibration_sequences": 8, "search_sequences": 48},
+        sparsity={"lower": 0.0, "upper": 0.9, "split": split, "greedy": {"sequences": 2}},
+        sampler=sampler,
+        search={"screen_sequences": 4, "promote_sequences": [8]},
+        trials=(trials or DEMO_TRIALS) if sampler == "bo" else 1,
+        seed=0,
         source="demo",
     )
 
@@ -62,6 +61,7 @@ class DemoResult:
     minutes: float
 
     def rows(self) -> list[tuple[str, Measured]]:
+        """The demo's table, one labelled row per allocation: the two baselines, then bo's exported choice."""
         return [
             ("uniform", self.baselines["uniform"]),
             ("greedy-uniform (TEAL)", self.baselines["greedy"]),

@@ -78,11 +78,15 @@ class Measured:
     thresholds: Evaluation
 
     def as_dict(self) -> dict[str, Any]:
+        """Both sets of figures as plain values, for the report an exported lookup file carries."""
         return {"exact": _figures(self.exact), "with_thresholds": _figures(self.thresholds)}
 
 
 @dataclass(frozen=True)
 class ExportResult:
+    """What an export wrote and measured: the lookup directory, the chosen trial, and its figures on each text, for the
+    command line and the database's export record."""
+
     path: Path
     trial_number: int
     candidates: int
@@ -97,6 +101,8 @@ class ExportResult:
 
     @property
     def heldout_perplexity(self) -> float:
+        """The held-out perplexity with the exported thresholds: the figure a user of the lookup gets, and the one
+        recorded with the export."""
         return self.heldout.thresholds.perplexity
 
 
@@ -123,6 +129,8 @@ class ExportedPoint:
     site_sparsities: torch.Tensor
 
     def result(self, path: Path, teal: bool) -> ExportResult:
+        """The point's :class:`ExportResult` once its files are in ``path`` (``teal``: whether TEAL's files were written
+        too)."""
         return ExportResult(
             path=path,
             trial_number=self.best.trial.number,

@@ -10,9 +10,10 @@ import optuna
 from optuna.trial import TrialState
 
 from allocator import ConstraintSpace, check_text_source, model_shape, resolve_placement
-from allocator.errors import DataSourceError, InputError, ModelSourceError, StorageError
+from allocator.errors import DataSourceError, InputError, ModelSourceError
+from allocator.search import study_id
 from allocator.search import trial_attributes as attrs
-from storage import Database, live_running_trials
+from storage import Database, StorageError, live_running_trials, wait_for_study
 from studies._config import StudyConfig, parse_config
 
 
@@ -80,7 +81,7 @@ def delete_study(database: Database, name: str, *, force: bool = False) -> int:
     trials = 0
     try:
         study = optuna.load_study(study_name=name, storage=database.optuna_storage)
-        alive = live_running_trials(database.optuna_storage, study._study_id)
+        alive = live_running_trials(database.optuna_storage, study_id(study))
         if alive and not force:
             numbers = ", ".join(str(number) for number in alive)
             raise StorageError(
@@ -112,7 +113,17 @@ def _lowest(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial 
 
 
 def load_study_config(database: Database, name: str) -> StudyConfig:
+    """The configuration study ``name`` was created with, as stored in ``database``: what every worker and command of
+    the study uses."""
     return parse_config(database.study_config(name), source=f"study {name!r}", stored=True)
+
+
+def open_study(name: str, url: str | None = None, *, wait_s: float = 0.0) -> tuple[Database, StudyConfig]:
+    """The database at ``url`` and the configuration of study ``name``, once ``study create`` has created it
+    there, waiting up to ``wait_s`` seconds for another process to do so (:func:`storage.wait_for_study`):
+    what ``study run``, ``study resume`` and ``worker`` open before loading the model."""
+    database = wait_for_study(url, name, wait_s=wait_s)
+    return database, load_study_config(database, name)
 
 
 @dataclass(frozen=True)
@@ -160,6 +171,7 @@ class StudySummary:
         return f"{self.targets[0]:.2f}-{self.targets[-1]:.2f} ({len(self.targets)})"
 
     def vector_summary(self) -> str:
+        """The best vector in one line (min, mean and max, first and last block), or ``-`` without one."""
         if not self.best_vector:
             return "-"
         v = np.asarray(self.best_vector)
@@ -167,6 +179,8 @@ class StudySummary:
 
 
 def summarize(database: Database, name: str) -> StudySummary:
+    """The state of study ``name`` as ``study status`` and ``study list`` show it: trial counts by state, and the best
+    trial (of each target, for a frontier study)."""
     config = load_study_config(database, name)
     study = optuna.load_study(study_name=name, storage=database.optuna_storage)
     trials = study.get_trials(deepcopy=False)

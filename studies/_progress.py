@@ -45,9 +45,13 @@ class RichReporter:
         self.current: TaskID | None = None
 
     def status(self, message: str) -> None:
+        """Show ``message`` beside the trials bar, so that a user sees why no trial is advancing (a lost connection,
+        trials running elsewhere)."""
         self.progress.update(self.trials, description=f"Trials ({message})")
 
     def trial_started(self, number: int, sequences: int) -> Callable[[int], None]:
+        """Replace the current trial's bar with one for trial ``number`` over ``sequences`` sequences; returns its
+        ``advance(n)``."""
         if self.current is not None:
             self.progress.remove_task(self.current)
         self.current = self.progress.add_task(f"  trial {number}", total=sequences)
@@ -55,6 +59,8 @@ class RichReporter:
         return lambda n: self.progress.advance(task, n)
 
     def trial_finished(self, trial: Any, complete: int, target: int) -> None:
+        """Drop the trial's bar, advance the trials bar to ``complete`` and print the trial's value (or its state) above
+        the bars."""
         if self.current is not None:
             self.progress.remove_task(self.current)
             self.current = None
@@ -64,6 +70,7 @@ class RichReporter:
 
 
 def study_progress() -> Progress:
+    """The rich display the study runner's :class:`RichReporter` draws on: bars on stderr, so stdout stays parseable."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

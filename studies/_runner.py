@@ -41,7 +41,8 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from allocator.errors import StorageError, first_line
+from allocator.errors import first_line
+from allocator.search import rdb_storage, study_id
 from allocator.search import trial_attributes as attrs
 from allocator.search.samplers import (
     ProposalSampler,
@@ -51,7 +52,7 @@ from allocator.search.samplers import (
     sampler_entry,
     suggest_allocation,
 )
-from storage import CONNECTION_ERRORS, database_error, heartbeat_orphans, is_connection_error, rdb_storage, redact
+from storage import CONNECTION_ERRORS, StorageError, database_error, heartbeat_orphans, is_connection_error, redact
 from studies._interrupts import Interrupts
 from studies._session import StudySession
 
@@ -61,26 +62,37 @@ RECONNECT_S = 120.0
 class Reporter(Protocol):
     """What the runner tells the user (the CLI draws progress bars; tests may record)."""
 
-    def status(self, message: str) -> None: ...
+    def status(self, message: str) -> None:
+        """Say what the run is doing now (loading, calibrating, waiting for another worker...)."""
+        ...
 
-    def trial_started(self, number: int, sequences: int) -> Callable[[int], None]: ...
+    def trial_started(self, number: int, sequences: int) -> Callable[[int], None]:
+        """Trial ``number`` starts on ``sequences`` sequences; returns the callback told how many are done."""
+        ...
 
-    def trial_finished(self, trial: optuna.trial.FrozenTrial, complete: int, target: int) -> None: ...
+    def trial_finished(self, trial: optuna.trial.FrozenTrial, complete: int, target: int) -> None:
+        """``trial`` ended; the study now has ``complete`` of the ``target`` finished trials it runs to."""
+        ...
 
 
 class SilentReporter:
+    """A reporter that says nothing: for library calls and tests that only want the result."""
+
     def status(self, message: str) -> None:
-        pass
+        """Tell the user nothing."""
 
     def trial_started(self, number: int, sequences: int) -> Callable[[int], None]:
+        """Say nothing, and return a progress callback that says nothing either."""
         return lambda n: None
 
     def trial_finished(self, trial: optuna.trial.FrozenTrial, complete: int, target: int) -> None:
-        pass
+        """Tell the user nothing."""
 
 
 @dataclass(frozen=True)
 class RunResult:
+    """How a run ended: the study's finished trials, the number it ran to, and how many this process evaluated."""
+
     complete: int
     target: int
     evaluated_here: int
@@ -112,10 +124,12 @@ def target_trials(session: StudySession, requested: int | None) -> int:
 
 
 def load_optuna_study(session: StudySession, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+    """The session's study as an Optuna study on its database (with ``sampler`` when it will ask for trials)."""
     return optuna.load_study(study_name=session.config.name, storage=session.database.optuna_storage, sampler=sampler)
 
 
 def count_states(study: optuna.Study) -> dict[TrialState, int]:
+    """How many trials of ``study`` are in each state (every state present, zero where none)."""
     counts = dict.fromkeys(TrialState, 0)
     for trial in study.get_trials(deepcopy=False):
         counts[trial.state] += 1
@@ -319,7 +333,7 @@ class TrialStopped(BaseException):
 def study_vanished(study: optuna.Study) -> bool:
     """Whether ``study`` was deleted under this process; False when the database cannot say right now."""
     try:
-        rdb_storage(study).get_study_name_from_id(study._study_id)
+        rdb_storage(study).get_study_name_from_id(study_id(study))
     except KeyError:
         return True
     except Exception:  # a lost connection: the caller's own error says what happened
@@ -342,7 +356,7 @@ def _requeue(study: optuna.Study, number: int) -> None:
 
     storage = rdb_storage(study)
     try:
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id(study), number)
     except KeyError:
         return
     if storage.get_trial(trial_id).state == TrialState.RUNNING:

@@ -73,7 +73,10 @@ class ArtifactStore(Protocol):
         settings: dict[str, Any],
         compute: Callable[[], bytes],
         on_wait: Callable[[str], None] | None = None,
-    ) -> tuple[bytes, bool]: ...
+    ) -> tuple[bytes, bool]:
+        """The artifact stored under ``key``, calling ``compute`` only if nobody has stored it; returns ``(blob,
+        computed_here)``."""
+        ...
 
 
 @dataclass
@@ -92,6 +95,8 @@ class MemoryArtifacts:
         compute: Callable[[], bytes],
         on_wait: Callable[[str], None] | None = None,
     ) -> tuple[bytes, bool]:
+        """The artifact kept under ``key``, computed on first request; returns ``(blob, computed_here)`` as a study
+        database does."""
         computed = key not in self.blobs
         if computed:
             self.blobs[key] = compute()
@@ -134,6 +139,7 @@ class StudySession:
 
     @property
     def score(self) -> Score:
+        """The score the study's calibration was made with, which every threshold and lookup of the study uses."""
         return self.calibration.score
 
     @property

@@ -10,7 +10,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -142,44 +142,17 @@ def _model_data_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _adhoc_session(*, sparsify_fraction: float = 1.0, **options: Any) -> Any:
-    """A session for one-off commands: the study path (tokens, calibration, objective) with nothing stored."""
-    from allocator import model_shape
-    from studies._config import parse_config
-    from studies._session import MemoryArtifacts, open_session
+    """The library's one-off session (:func:`studies.open_adhoc_session`) on the command's options, with the
+    progress of its preparation and three lines on what it prepared."""
+    from studies._adhoc import AdhocSettings, open_adhoc_session
 
-    model_shape(options["model"]).check_seq_len(options["seq_len"], name="--seq-len")  # before any weights load
-    config = parse_config(
-        {
-            "name": "adhoc",
-            "model": {
-                "source": options["model"],
-                "device": options.get("device") or "auto",
-                "dtype": options.get("dtype") or "auto",
-            },
-            "data": {
-                "source": options["data"],
-                "seq_len": options["seq_len"],
-                "calibration_sequences": options["calibration_sequences"],
-                "search_sequences": 1,  # these commands do not search: the smallest pool and validation set
-                "validation_sequences": 1,
-                "heldout_sequences": options["heldout_sequences"],
-                "seed": options["seed"],
-            },
-            "sparsity": {
-                "target": 0.5,  # unused: these commands evaluate the allocation they are given
-                "score": options["score"],
-                "norm": int(options["norm"]),
-                "sparsify_fraction": sparsify_fraction,
-            },
-            "sampler": {"name": "uniform"},
-            "search": {"screen_sequences": 1, "promote_sequences": []},
-            "evaluation": {"batch_size": options["batch_size"]},
-        },
-        source="command line",
+    settings = AdhocSettings(
+        **{**options, "norm": int(options["norm"]), "device": options.get("device") or None},
+        sparsify_fraction=sparsify_fraction,
     )
     started = time.perf_counter()
     with _progress() as bar:
-        session = open_session(MemoryArtifacts(), config, notify=lambda m: None, progress=bar)
+        session = open_adhoc_session(settings, progress=bar, seq_len_option="--seq-len", source="command line")
     loaded, tokens, calibration = session.loaded, session.tokens, session.calibration
     click.echo(
         f"model        {loaded.name} ({loaded.architecture}, {loaded.adapter.n_blocks} blocks, "
@@ -210,17 +183,26 @@ def _progress() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
         yield bar
 
 
-def _evaluate_with_progress(session: Any, allocation: Any, role: str, label: str, **options: Any) -> Any:
-    """``session.evaluate`` on a role's tokens, with a progress bar."""
-    with progress_bar(label, session.tokens[role].shape[0], unit="sequences") as advance:
-        done = [0]
+@contextmanager
+def _bars() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    """``bar(label, total)``: a progress bar of sequences of its own for each evaluation, closed once full (or
+    when the next one opens, or the command ends)."""
+    with ExitStack() as stack:
 
-        def on_batch(sequences: int, _nll: float) -> bool:
-            advance(sequences - done[0])
-            done[0] = sequences
-            return False
+        def bar(label: str, total: int) -> Callable[[int], None]:
+            stack.close()
+            advance = stack.enter_context(progress_bar(label, total, unit="sequences"))
+            done = [0]
 
-        return session.evaluate(allocation, role, on_batch=on_batch, **options)
+            def step(n: int) -> None:
+                advance(n)
+                done[0] += n
+                if done[0] >= total:
+                    stack.close()
+
+            return step
+
+        yield bar
 
 
 # -- one-off commands ---------------------------------------------------------------------------------------
@@ -229,23 +211,17 @@ def _evaluate_with_progress(session: Any, allocation: Any, role: str, label: str
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the calibration to this file.")
 def calibrate(out: Path | None, **options: Any) -> None:
     """Calibrate score histograms on the calibration tokens and report the dense perplexity."""
-    if out is not None:
-        from allocator.paths import check_writable_place
+    from studies._adhoc import check_calibration_target, save_calibration
 
-        check_writable_place(out, f"Cannot write the calibration to {str(out)!r}")  # before calibrating
+    if out is not None:
+        check_calibration_target(out)  # before calibrating
     session = _adhoc_session(**options)
     dense = session.objective.evaluate(0.0, session.tokens.calibration, rule="threshold")
     ratio = session.calibration.seconds / dense.seconds
     click.echo(f"perplexity   {dense.perplexity:.3f} dense, on calibration tokens ({dense.seconds:.1f} s)")
     click.echo(f"time         calibration took {ratio:.2f}x one dense evaluation pass")
     if out is not None:
-        from allocator import OutputError, atomic_write_bytes
-        from allocator.paths import path_problem
-
-        try:
-            atomic_write_bytes(out, session.calibration.to_bytes())
-        except OSError as error:
-            raise OutputError(f"Cannot write the calibration to {str(out)!r}: {path_problem(error)}.") from error
+        save_calibration(session.calibration, out)
         click.echo(f"written      {out}")
 
 
@@ -262,21 +238,14 @@ def calibrate(out: Path | None, **options: Any) -> None:
 def evaluate(sparsity: float, sparsify_fraction: float, **options: Any) -> None:
     """KL, perplexity and measured sparsity on held-out tokens at a uniform sparsity, with thresholds from the
     dense calibration (nominal) and calibrated under the sparse model (what an export uses)."""
-    from allocator import InputError, calibrate_allocation
+    from studies._adhoc import check_uniform_sparsity, evaluate_uniform
 
-    if not 0.0 <= sparsity < 1.0:
-        raise InputError(f"The value of `--sparsity` should be in [0, 1), got {sparsity}.")
+    check_uniform_sparsity(sparsity, option="--sparsity")
     session = _adhoc_session(sparsify_fraction=sparsify_fraction, **options)
-    nominal = _evaluate_with_progress(session, sparsity, "heldout", "Dense thresholds", rule="threshold")
-    calibration = calibrate_allocation(
-        session.sparse_model, sparsity, session.tokens.calibration, batch_size=options["batch_size"]
-    )
-    thresholds = calibration.thresholds(session.sparse_model.site_sparsities(sparsity))
-    sparse = _evaluate_with_progress(
-        session, sparsity, "heldout", "Sparse-model thresholds", rule="threshold", thresholds=thresholds
-    )
+    with _bars() as bar:
+        measured = evaluate_uniform(session, sparsity, progress=bar)
     click.echo(f"sparsity     {sparsity:.3f} uniform (sparsify fraction {sparsify_fraction:g})")
-    for label, result in (("dense thresholds", nominal), ("sparse thresholds", sparse)):
+    for label, result in (("dense thresholds", measured.nominal), ("sparse thresholds", measured.sparse)):
         click.echo(
             f"held-out     {label}: measured sparsity {result.measured_sparsity:.4f}, perplexity "
             f"{result.perplexity:.3f}, KL {result.kl:.4f} ({result.seconds:.1f} s)"
@@ -318,48 +287,30 @@ def apply(
     A frontier export is loaded at ``--sparsity``: a target's own point, or the interpolation of the two
     neighbouring points.
     """
-    from allocator import (
-        compute_reference,
-        evaluate_tokens,
-        frontier_point,
-        load_lookup,
-        load_model,
-        load_text,
-        make_token_sets,
-        model_shape,
-    )
+    from studies._adhoc import apply_lookup
 
-    chosen = frontier_point(lookup_path, sparsity)  # refuse a bad lookup or sparsity before loading the model
-    model_shape(model).check_seq_len(seq_len, name="--seq-len")  # and a model too short for --seq-len
-    loaded = load_model(model, device=device or "auto", dtype=dtype or "auto")
-    counts = {"heldout": sequences}
-    tokens = make_token_sets(load_text(data), loaded.tokenizer, seq_len=seq_len, counts=counts, seed=seed).heldout
-    reference = compute_reference(loaded.adapter, tokens, batch_size=batch_size)  # the dense model, before
-    with (
-        load_lookup(loaded.model, lookup_path, sparsity) as sparsifiers,
-        progress_bar("Evaluating", sequences, unit="sequences") as advance,
-    ):
-        done = [0]
-
-        def on_batch(count: int, _nll: float) -> bool:
-            advance(count - done[0])
-            done[0] = count
-            return False
-
-        evaluation = evaluate_tokens(
-            loaded.adapter,
-            tokens,
-            reference=reference,
+    with _bars() as bar:
+        applied = apply_lookup(
+            lookup_path,
+            model=model,
+            data=data,
+            seq_len=seq_len,
+            sequences=sequences,
+            seed=seed,
             batch_size=batch_size,
-            on_batch=on_batch,
-            measured_sparsity=sparsifiers.measured_model_sparsity,
+            sparsity=sparsity,
+            device=device,
+            dtype=dtype,
+            progress=bar,
+            seq_len_option="--seq-len",
         )
+    evaluation = applied.evaluation
     click.echo(
         f"perplexity   {evaluation.perplexity:.3f} on {evaluation.n_tokens:,} tokens of {data} "
         f"({evaluation.seconds:.1f} s)"
     )
     click.echo(f"KL           {evaluation.kl:.4f} to the dense model, per token")
-    click.echo(f"sparsity     {_loaded_target(chosen)}; measured {evaluation.measured_sparsity:.4f}")
+    click.echo(f"sparsity     {_loaded_target(applied.lookup)}; measured {evaluation.measured_sparsity:.4f}")
 
 
 def _loaded_target(lookup: dict[str, Any]) -> str:
@@ -414,21 +365,6 @@ def study_create(config: Path, storage: str | None) -> None:
     click.echo(f"study {study_config.name!r} {verb} in {database.masked_url}")
 
 
-def _open_study(name: str, storage: str | None, wait_s: float) -> tuple[Any, Any]:
-    """The database and configuration of study ``name``, waiting up to ``wait_s`` for it to be created."""
-    from studies._manage import load_study_config
-
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            database = _database(storage)
-            return database, load_study_config(database, name)
-        except SparseallocError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(2.0)
-
-
 def _run(
     name: str,
     storage: str | None,
@@ -440,13 +376,13 @@ def _run(
 ) -> None:
     import optuna
 
-    from studies._manage import summarize
+    from studies._manage import open_study, summarize
     from studies._progress import RichReporter, study_progress
     from studies._runner import count_states, load_optuna_study, run_study, target_trials
     from studies._session import open_session
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    database, config = _open_study(name, storage, wait_s)
+    database, config = open_study(name, storage, wait_s=wait_s)
     with study_progress() as progress:
 
         def bar(label: str, total: int) -> Callable[[int], None]:

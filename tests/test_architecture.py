@@ -98,9 +98,10 @@ def test_there_is_no_import_cycle_not_even_inside_functions():
     assert not cycles, cycles
 
 
-# allocator's subpackages, each with what it may import (besides allocator.errors, allocator.paths and
-# allocator._lazy, which import nothing of ours but the errors). One-way: the model side at the bottom, the
-# search and the export formats above the sparse model, the integrations and test helpers on top.
+# allocator's subpackages, each with what it may import (besides allocator.errors, allocator.paths,
+# allocator._lazy and allocator.schema, which import nothing of ours but the errors). One-way: the model side
+# at the bottom, the search and the export formats above the sparse model, the integrations and test helpers
+# on top.
 ALLOCATOR_LAYERS: dict[str, set[str]] = {
     "allocator.model": set(),
     "allocator.data": set(),
@@ -110,7 +111,9 @@ ALLOCATOR_LAYERS: dict[str, set[str]] = {
     "allocator.integrations": {"allocator.model", "allocator.sparsity", "allocator.search", "allocator.export"},
     "allocator.testing": {"allocator.model", "allocator.sparsity", "allocator.search", "allocator.data"},
 }
-ALLOCATOR_BASE = {"allocator", "allocator.errors", "allocator.paths", "allocator._lazy"}
+# allocator.schema: the pydantic bases (strict settings, strict documents) that the export formats, the samplers'
+# options and studies' configuration share; it imports only pydantic.
+ALLOCATOR_BASE = {"allocator", "allocator.errors", "allocator.paths", "allocator._lazy", "allocator.schema"}
 
 
 def _allocator_part(module: str) -> str:
@@ -175,12 +178,9 @@ def test_the_lint_refuses_a_private_import_across_packages(package):
     assert result.returncode == 1 and "import-private-name" in result.stdout, result.stdout + result.stderr
 
 
-# bench/ under the product's rules: short functions, no script importing another, no private access but one.
+# bench/ under the product's rules: short functions, no script importing another, no private access.
 
 BENCH = ROOT / "bench"
-#: The one function of bench/ that may reach a private attribute of the product: the steps of a ``bo`` proposal
-#: bench/sampler_overhead.py times apart, which no public API offers yet (its TODO names the API it needs).
-BENCH_PRIVATE_ACCESS = {("_common", "bo_private_steps")}
 
 
 def _bench_modules() -> dict[str, ast.Module]:
@@ -246,24 +246,16 @@ def test_bench_imports_no_private_name_of_another_package():
     assert not offenders, offenders
 
 
-def test_bench_reaches_no_private_attribute_but_its_one_exception():
-    found: set[tuple[str, str]] = set()
-    offenders = []
-    for stem, tree in _bench_modules().items():
-        allowed = [node for node in _functions(tree) if (stem, node.name) in BENCH_PRIVATE_ACCESS]
-        inside = {id(inner) for node in allowed for inner in ast.walk(node)}
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.Attribute) or not _private(node.attr):
-                continue
-            if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
-                continue  # an object's own attributes
-            if id(node) in inside:
-                found.update((stem, f.name) for f in allowed)
-            else:
-                offenders.append(f"bench/{stem}.py:{node.lineno}: {ast.unparse(node)}")
+def test_bench_reaches_no_private_attribute():
+    offenders = [
+        f"bench/{stem}.py:{node.lineno}: {ast.unparse(node)}"
+        for stem, tree in _bench_modules().items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and _private(node.attr)
+        and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))  # an object's own
+    ]
     assert not offenders, offenders
-    # The exception is kept only while it is needed: once a public API replaces it, it goes from here too.
-    assert found == BENCH_PRIVATE_ACCESS, found
 
 
 def test_every_public_bench_function_and_class_says_what_it_is_for():
@@ -275,3 +267,68 @@ def test_every_public_bench_function_and_class_says_what_it_is_for():
                 if not docstring or "." not in docstring:
                     missing.append(f"bench/{stem}.py: {node.name}")
     assert not missing, missing
+
+
+def _public_definitions(body: list[ast.stmt], prefix: str = "") -> list[tuple[str, ast.AST]]:
+    """The public functions and classes of a module body, with the methods (properties included, dunder methods
+    not) of its public classes, recursively: ``(qualified name, node)`` pairs."""
+    found: list[tuple[str, ast.AST]] = []
+    for node in body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and not node.name.startswith("_"):
+            found.append((prefix + node.name, node))
+            if isinstance(node, ast.ClassDef):
+                found += _public_definitions(node.body, f"{prefix}{node.name}.")
+    return found
+
+
+def _is_a_sentence(docstring: str | None) -> bool:
+    """At least one sentence: a few words and a full stop, not a bare word or a fragment."""
+    return bool(docstring) and "." in docstring and len(docstring.split()) >= 3
+
+
+def test_every_public_function_and_class_says_what_it_is_for():
+    missing = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {name}"
+        for path in sorted(_modules().values())
+        for name, node in _public_definitions(ast.parse(path.read_text()).body)
+        if not _is_a_sentence(ast.get_docstring(node))
+    ]
+    assert not missing, f"{len(missing)} public functions and classes say nothing of what they are for: {missing}"
+
+
+OPTUNA_DOOR = ROOT / "allocator" / "search" / "_optuna_internals.py"
+
+
+def _private_reaches(path: Path) -> list[str]:
+    """``x._name`` on anything but ``self``/``cls``, and imports of Optuna's private modules, in ``path``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        private = isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+        if private and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+        modules = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        modules += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+        for module in modules:
+            if module.startswith("optuna") and any(part.startswith("_") for part in module.split(".")):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} import {module}")
+    return found
+
+
+def test_only_the_optuna_door_reaches_a_private_attribute_or_optuna_internal():
+    reaches = [r for path in _modules().values() if path != OPTUNA_DOOR for r in _private_reaches(path)]
+    assert not reaches, reaches
+    assert _private_reaches(OPTUNA_DOOR), "the door no longer needs Optuna's internals: remove it"
+
+
+def test_optuna_is_a_version_the_door_was_written_for():
+    import tomllib
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    from allocator.search import OPTUNA_VERSIONS
+
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pinned = next(Requirement(d) for d in dependencies if Requirement(d).name == "optuna")
+    assert str(pinned.specifier) == str(Requirement(f"optuna{OPTUNA_VERSIONS}").specifier)
+    assert pinned.specifier.contains(version("optuna")), version("optuna")

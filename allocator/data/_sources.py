@@ -48,6 +48,7 @@ class TextCorpus:
 
     @property
     def n_characters(self) -> int:
+        """The corpus's size in characters: how much text a source holds, whatever its number of documents."""
         return sum(len(doc) for doc in self.documents)
 
 
@@ -75,22 +76,27 @@ class TokenSets:
 
     @property
     def seq_len(self) -> int:
+        """The tokens per sequence, shared by every role (the ``seq_len`` of each role's ``n x seq_len`` tensor)."""
         return int(next(iter(self.sets.values())).shape[1])
 
     @property
     def calibration(self) -> torch.Tensor:
+        """The ``n x seq_len`` tokens thresholds and greedy split tables are calibrated on."""
         return self.sets["calibration"]
 
     @property
     def search(self) -> torch.Tensor:
+        """The ``n x seq_len`` pool of tokens the search evaluates allocations on."""
         return self.sets["search"]
 
     @property
     def validation(self) -> torch.Tensor:
+        """The ``n x seq_len`` tokens that choose what is exported, apart from those the search saw."""
         return self.sets["validation"]
 
     @property
     def heldout(self) -> torch.Tensor:
+        """The ``n x seq_len`` tokens results are reported on and never chosen by, so they measure generalisation."""
         return self.sets["heldout"]
 
     def hash(self, role: str) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from allocator.errors import InputError, LookupFileError
 from allocator.export._lookup import (
@@ -42,6 +42,7 @@ from allocator.export._lookup import (
 )
 from allocator.export._lookup_checks import check_lookup
 from allocator.model import SITE_NAMES
+from allocator.schema import StrictDocument
 
 FRONTIER_FORMAT = "sparsealloc.frontier/v1"
 #: The site sparsities of every frontier point's quantile table: 0, 0.025, …, 0.975, and 0.99.
@@ -78,23 +79,19 @@ def build_frontier_index(
     }
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow")
-
-
-class _PointEntry(_Strict):
+class _PointEntry(StrictDocument):
     target: float = Field(gt=0.0, lt=1.0, allow_inf_nan=False)
     directory: str = Field(pattern=r"^target-[0-9.e-]+$")
 
 
-class _FrontierModel(_Strict):
+class _FrontierModel(StrictDocument):
     name: str
     architecture: str
     n_blocks: int = Field(ge=1)
     fingerprint: str
 
 
-class _FrontierDocument(_Strict):
+class _FrontierDocument(StrictDocument):
     format: Literal["sparsealloc.frontier/v1"]
     model: _FrontierModel
     points: list[_PointEntry] = Field(min_length=1)

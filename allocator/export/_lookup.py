@@ -42,6 +42,7 @@ LOOKUP_FILE = "lookup.json"
 
 
 def tool_version() -> str:
+    """The installed sparsealloc version, written into lookup files so that a file says which release made it."""
     try:
         return version("sparsealloc")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree without install

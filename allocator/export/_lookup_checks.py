@@ -27,10 +27,11 @@ import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import ValidationError, field_validator
 
 from allocator.errors import LookupFileError
 from allocator.model import SITE_NAMES
+from allocator.schema import StrictDocument
 
 #: How far a recorded mean (a block's sparsity, ``achieved_sparsity``, ``target_sparsity``) may be from the mean
 #: recomputed from its parts. Our exporter writes every float at full precision (JSON round-trips a float64
@@ -43,18 +44,13 @@ LOOKUP_TOLERANCE = 1e-4
 _TABLE_SLACK = 1e-9
 
 
-class _Strict(BaseModel):
-    # Extra keys are allowed: a v1 reader ignores what later v1 writers add (provenance, say).
-    model_config = ConfigDict(strict=True, extra="allow")
-
-
-class _SiteEntry(_Strict):
+class _SiteEntry(StrictDocument):
     sparsity: float
     threshold: float
     quantiles: list[float] | None = None
 
 
-class _BlockEntry(_Strict):
+class _BlockEntry(StrictDocument):
     index: int
     sparsity: float
     sites: dict[Literal["q", "k", "v", "o", "gate", "up", "down"], _SiteEntry]
@@ -68,19 +64,19 @@ class _BlockEntry(_Strict):
         return sites
 
 
-class _ModelEntry(_Strict):
+class _ModelEntry(StrictDocument):
     name: str
     architecture: str
     n_blocks: int
     fingerprint: str
 
 
-class _ScoreEntry(_Strict):
+class _ScoreEntry(StrictDocument):
     kind: Literal["magnitude", "weight_aware"]
     norm: Literal[1, 2] | None = None
 
 
-class _LookupDocument(_Strict):
+class _LookupDocument(StrictDocument):
     """What a reader relies on, with strict types; ranges and agreements are :func:`check_lookup`'s."""
 
     format: Literal["sparsealloc.lookup/v1"]

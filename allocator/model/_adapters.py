@@ -78,10 +78,12 @@ class Site:
 
     @property
     def in_features(self) -> int:
+        """The width of the site's input: the number of elements its sparsifier scores per token."""
         return self.module.in_features
 
     @property
     def input_group(self) -> str:
+        """The tensor the site reads (:data:`INPUT_GROUPS`); sites of one group can share a score distribution."""
         return INPUT_GROUPS[self.name]
 
 
@@ -121,6 +123,7 @@ class ModelAdapter:
 
     @property
     def n_blocks(self) -> int:
+        """The number of decoder blocks: the length of an allocation for this model."""
         return len(self.sites)
 
     def site_weights(self) -> torch.Tensor:

@@ -32,6 +32,7 @@ class Placement:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        """The dtype as a ``torch.dtype``, for loading weights and building tensors in it."""
         import torch
 
         return getattr(torch, self.dtype)

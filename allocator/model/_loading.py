@@ -79,6 +79,7 @@ class LoadedModel:
 
     @property
     def device(self) -> str:
+        """The device the model runs on (``cpu``, ``cuda:0``...), where inputs must be sent."""
         return self.placement.device
 
     @property
@@ -88,6 +89,7 @@ class LoadedModel:
 
     @property
     def architecture(self) -> str:
+        """The model family (``config.model_type``, e.g. ``llama``) whose block layout the adapter uses."""
         return self.adapter.architecture
 
     @property

@@ -11,6 +11,18 @@ from allocator._lazy import lazy_attributes
 
 # Public name -> module that defines it.
 _LAZY: dict[str, str] = {
+    "OPTUNA_VERSIONS": "allocator.search._optuna_internals",
+    "is_multi_objective": "allocator.search._optuna_internals",
+    "rdb_storage": "allocator.search._optuna_internals",
+    "set_trial_state": "allocator.search._optuna_internals",
+    "set_trial_system_attr": "allocator.search._optuna_internals",
+    "set_trial_user_attr": "allocator.search._optuna_internals",
+    "stale_trial_ids": "allocator.search._optuna_internals",
+    "study_id": "allocator.search._optuna_internals",
+    "study_storage": "allocator.search._optuna_internals",
+    "trial_id": "allocator.search._optuna_internals",
+    "trial_system_attrs": "allocator.search._optuna_internals",
+    "trial_tables": "allocator.search._optuna_internals",
     "ConstraintSpace": "allocator.search._constraint",
     "maximin_order": "allocator.search._constraint",
     "Evaluation": "allocator.search._objective",

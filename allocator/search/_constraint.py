@@ -16,7 +16,7 @@ equality holds to rounding error and the bounds hold exactly; projecting twice c
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -294,9 +294,18 @@ class ConstraintSpace:
         """``size`` hit-and-run points of the polytope (a ``size x d`` array), cached per space and seed."""
         burnin = n_burnin if n_burnin is not None else 200 + 20 * int(self.free_mask.sum())
         key = ("pool", int(seed), int(size), int(burnin), int(n_thinning))
+        return self.memoised(key, lambda: _hit_and_run(self, seed=seed, n=size, n_burnin=burnin, n_thinning=n_thinning))
+
+    def memoised(self, key: Hashable, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """A copy of the array ``compute()`` gives, computed once per ``key`` for this space (at most 17 kept).
+
+        Pools of polytope points and samplers' initial designs are seeded, so the same key always gives the
+        same array; samplers built anew for every trial (one per process or worker) reuse it instead of
+        drawing it again.
+        """
         cached = self._cache.get(key)
         if cached is None:
-            cached = _hit_and_run(self, seed=seed, n=size, n_burnin=burnin, n_thinning=n_thinning)
+            cached = compute()
             if len(self._cache) > 16:
                 self._cache.clear()
             self._cache[key] = cached

@@ -66,6 +66,8 @@ class Evaluation:
         return self.kl
 
     def as_dict(self) -> dict[str, float | int | bool | None]:
+        """The overall figures as plain values, for stored trial attributes and JSON reports (per-sequence values left
+        out)."""
         return {
             "kl": self.kl,
             "perplexity": self.perplexity,

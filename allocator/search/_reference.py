@@ -55,10 +55,12 @@ class DenseReference:
 
     @property
     def k(self) -> int:
+        """The number of log-probabilities kept per position; the rest of the distribution is the tail mass."""
         return int(self.top_logprobs.shape[-1])
 
     @property
     def n_sequences(self) -> int:
+        """The number of sequences the reference covers."""
         return int(self.top_logprobs.shape[0])
 
     def rows(self, index: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -78,6 +80,7 @@ class DenseReference:
         )
 
     def to_bytes(self) -> bytes:
+        """One safetensors blob with its format and provenance, so the dense pass is stored once and reused."""
         from safetensors.torch import save
 
         tensors = {
@@ -95,6 +98,7 @@ class DenseReference:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> DenseReference:
+        """The reference stored by :meth:`to_bytes`; a blob of another format is refused."""
         from safetensors.torch import load
 
         header_length = int.from_bytes(blob[:8], "little")

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from allocator.search import _optuna_internals as optuna_internals
+
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
@@ -86,11 +88,12 @@ FIXED_PARAMS = "fixed_params"
 
 def set_system_attr(study: optuna.Study, trial: optuna.Trial | FrozenTrial, key: str, value: Any) -> None:
     """Write a system attribute of ``trial`` through the study's storage (works on frozen trials too)."""
-    study._storage.set_trial_system_attr(trial._trial_id, key, value)
+    optuna_internals.set_trial_system_attr(study, trial, key, value)
 
 
 # -- writers -------------------------------------------------------------------------------------------------
 def record_vector(trial: optuna.Trial, vector: Sequence[float], distance: float) -> None:
+    """Store the vector the trial really evaluates, and how far the projection onto the constraint moved it."""
     trial.set_user_attr(VECTOR, [float(v) for v in vector])
     trial.set_user_attr(PROJECTION_DISTANCE, float(distance))
 
@@ -104,11 +107,12 @@ def record_measurements(trial: optuna.Trial, measurements: dict[str, Any]) -> No
 def assign_target(study: optuna.Study, trial: FrozenTrial, target: float) -> None:
     """Give ``trial`` its target through storage, and on the frozen copy the running trial reads its own
     attributes from (Optuna builds a trial's ``user_attrs`` from the frozen trial its sampler was given)."""
-    study._storage.set_trial_user_attr(trial._trial_id, TARGET, float(target))
+    optuna_internals.set_trial_user_attr(study, trial, TARGET, float(target))
     trial.user_attrs[TARGET] = float(target)
 
 
 def mark_surplus(trial: optuna.Trial) -> None:
+    """Mark a trial that yielded because the study already had its requested number of trials."""
     trial.set_user_attr(SURPLUS, True)
 
 
@@ -168,6 +172,7 @@ _SAME_TARGET = 1e-9
 
 
 def same_target(a: float | None, b: float) -> bool:
+    """Whether ``a`` names the target ``b`` (targets within 1e-9 are one; None names none)."""
     return a is not None and abs(a - b) <= _SAME_TARGET
 
 
@@ -199,26 +204,32 @@ def trials_at(
 
 
 def measured_sparsity(trial: FrozenTrial) -> float | None:
+    """The model-level sparsity the sparse model really ran at on the trial's tokens, or None."""
     return _float(trial, MEASURED_SPARSITY)
 
 
 def heldout_perplexity(trial: FrozenTrial) -> float | None:
+    """The trial's held-out perplexity (reported only, never used to choose), or None if not measured."""
     return _float(trial, HELDOUT_PERPLEXITY)
 
 
 def heldout_kl(trial: FrozenTrial) -> float | None:
+    """The trial's held-out KL to the dense model (reported only), or None if not measured."""
     return _float(trial, HELDOUT_KL)
 
 
 def kl(trial: FrozenTrial) -> float | None:
+    """The trial's KL to the dense model on the search sequences it was evaluated on, or None."""
     return _float(trial, KL)
 
 
 def perplexity(trial: FrozenTrial) -> float | None:
+    """The trial's perplexity on the search sequences it was evaluated on, or None."""
     return _float(trial, PERPLEXITY)
 
 
 def tokens_used(trial: FrozenTrial) -> int:
+    """How many forward tokens the trial's evaluation used (what a study's token budget counts)."""
     return int(_float(trial, TOKENS) or 0)
 
 
@@ -233,6 +244,7 @@ def rung_own_values(trial: FrozenTrial) -> list[float]:
 
 
 def rung_sizes(trial: FrozenTrial) -> list[int]:
+    """How many sequences each rung the trial reached evaluated (rung 0 first)."""
     return [int(v) for v in _floats(trial, RUNG_SIZES)]
 
 
@@ -249,10 +261,12 @@ def _floats(trial: FrozenTrial, key: str) -> list[float]:
 
 
 def evaluation_seconds(trial: FrozenTrial) -> float:
+    """The wall time of the trial's evaluation in seconds (0 if not recorded)."""
     return _float(trial, SECONDS) or 0.0
 
 
 def is_surplus(trial: FrozenTrial) -> bool:
+    """Whether the trial yielded as surplus (:func:`mark_surplus`): it evaluated nothing and counts for nothing."""
     return bool(trial.user_attrs.get(SURPLUS))
 
 
@@ -263,6 +277,7 @@ def retried_from(trial: FrozenTrial) -> int | None:
 
 
 def bo_hyperparameters(trial: FrozenTrial) -> dict[str, Any] | None:
+    """The GP hyperparameters ``bo`` fitted when proposing the trial (the next fit's warm start), or None."""
     value = trial.system_attrs.get(BO_GP)
     return value if isinstance(value, dict) else None
 
@@ -270,13 +285,15 @@ def bo_hyperparameters(trial: FrozenTrial) -> dict[str, Any] | None:
 def selection_plan(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> dict[str, Any] | None:
     """The staged selection a sampler planned for ``trial`` (read from storage: it was written at sampling
     time, after the objective's own view of the trial was taken)."""
-    plan = study._storage.get_trial_system_attrs(trial._trial_id).get(SELECTION_PLAN)
+    plan = optuna_internals.trial_system_attrs(study, trial).get(SELECTION_PLAN)
     return plan if isinstance(plan, dict) else None
 
 
 def was_params(trial: FrozenTrial) -> np.ndarray | None:
+    """The WAS sampler's own parameters (its depth profile) behind the trial's vector, or None."""
     return _vector(trial.system_attrs.get(WAS_PARAMS), None)
 
 
 def was_rejected(trial: FrozenTrial) -> list[np.ndarray]:
+    """The WAS parameter draws the sampler rejected before this trial's (they missed the constraint)."""
     return [np.asarray(raw, dtype=np.float64) for raw in trial.system_attrs.get(WAS_REJECTED, [])]

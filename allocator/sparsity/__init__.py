@@ -18,7 +18,7 @@ _LAZY: dict[str, str] = {
     "GreedySplit": "allocator.sparsity._greedy",
     "GreedyTable": "allocator.sparsity._greedy",
     "build_greedy_table": "allocator.sparsity._greedy",
-    "capture_block_inputs": "allocator.sparsity._greedy",
+    "capture_block_inputs": "allocator.sparsity._blocks",
     "ScoreHistogram": "allocator.sparsity._histogram",
     "key_counts": "allocator.sparsity._histogram",
     "SCORE_KINDS": "allocator.sparsity._scores",

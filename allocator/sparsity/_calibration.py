@@ -46,6 +46,7 @@ class Calibration:
 
     @property
     def n_blocks(self) -> int:
+        """The number of blocks the calibration covers, which must match the model it is used with."""
         return len(self.histograms)
 
     def thresholds(self, site_sparsities: torch.Tensor) -> torch.Tensor:
@@ -106,6 +107,8 @@ class Calibration:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> Calibration:
+        """The calibration stored by :meth:`to_bytes`, with shared histograms shared again; a blob of another format is
+        refused."""
         from safetensors.torch import load
 
         tensors = load(blob)

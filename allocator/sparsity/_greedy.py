@@ -25,6 +25,7 @@ import torch
 
 from allocator.errors import InputError
 from allocator.model import SITE_NAMES, ModelAdapter
+from allocator.sparsity._blocks import block_output, capture_block_inputs
 from allocator.sparsity._calibration import Calibration
 
 GREEDY_FORMAT = "sparsealloc.greedy/v1"
@@ -47,6 +48,7 @@ class GreedyTable:
 
     @property
     def n_blocks(self) -> int:
+        """The number of blocks the table covers, which must match the model it is used with."""
         return len(self.effective)
 
     @property
@@ -75,6 +77,7 @@ class GreedyTable:
 
     # -- serialisation -----------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
+        """One safetensors blob of the table and its settings, so that it is computed once per model and tokens."""
         from safetensors.torch import save
 
         tensors: dict[str, torch.Tensor] = {}
@@ -88,6 +91,7 @@ class GreedyTable:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> GreedyTable:
+        """The table stored by :meth:`to_bytes`; a blob of another format is refused."""
         from safetensors.torch import load
 
         header_length = int.from_bytes(blob[:8], "little")
@@ -118,6 +122,7 @@ class GreedySplit:
         self.table = table
 
     def site_sparsities(self, block_sparsities: torch.Tensor) -> torch.Tensor:
+        """``n_blocks`` float64 in, ``n_blocks x 7`` float64 out, interpolated between the table's rows."""
         return self.table.site_sparsities(block_sparsities)
 
 
@@ -166,25 +171,6 @@ class _CandidateSparsifiers:
         return hook
 
 
-@torch.no_grad()
-def capture_block_inputs(adapter: ModelAdapter, tokens: torch.Tensor) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
-    """Each block's positional and keyword inputs in a dense forward of ``tokens``."""
-    captured: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-    handles = []
-    layers = adapter.layers
-
-    def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        captured.append((tuple(a.detach() if torch.is_tensor(a) else a for a in args), dict(kwargs)))
-
-    try:
-        handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in layers]
-        adapter.body(input_ids=tokens, use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return captured
-
-
 def _stack(value: Any, batch: int, copies: int) -> Any:
     """Repeat a captured input ``copies`` times along the batch when it is per-sequence (leading dim ``batch``)."""
     if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == batch and batch > 1:
@@ -194,13 +180,13 @@ def _stack(value: Any, batch: int, copies: int) -> Any:
     return value
 
 
-def _block_output(layer: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], copies: int) -> torch.Tensor:
+def _stacked_output(layer: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], copies: int) -> torch.Tensor:
+    """The block's output on ``copies`` stacked copies of its inputs (each sparsified by its own candidate)."""
     hidden = args[0]  # (B, T, C)
     batch = hidden.shape[0]
     stacked_args = (hidden.repeat(copies, 1, 1), *args[1:])
     stacked_kwargs = {key: _stack(value, batch, copies) for key, value in kwargs.items()}
-    output = layer(*stacked_args, **stacked_kwargs)
-    output = output[0] if isinstance(output, tuple) else output
+    output = block_output(layer, stacked_args, stacked_kwargs)
     return output.reshape(copies, batch, *output.shape[1:])  # (K, B, T, C)
 
 
@@ -218,7 +204,7 @@ class _Block:
     def errors(self, candidates: torch.Tensor) -> torch.Tensor:
         """Block-output mean squared error against the dense output of each row of a ``K x 7`` split."""
         self.sparsifiers.set_candidates(candidates)
-        output = _block_output(self.layer, self.args, self.kwargs, candidates.shape[0])  # (K, B, T, C)
+        output = _stacked_output(self.layer, self.args, self.kwargs, candidates.shape[0])  # (K, B, T, C)
         return (output - self.dense).pow(2).mean(dim=(1, 2, 3)).double()  # (K,)
 
     def greedy_path(self, *, step: float, max_sparsity: float, site_max: float) -> tuple[torch.Tensor, list[float]]:
@@ -283,7 +269,7 @@ def build_greedy_table(
     table: dict[str, list[torch.Tensor]] = {"effective": [], "sites": [], "error": [], "baseline_error": []}
     for b, layer in enumerate(adapter.layers):
         args, kwargs = inputs[b]
-        dense = _block_output(layer, args, kwargs, 1)[0]  # (B, T, C), before any hook is installed
+        dense = _stacked_output(layer, args, kwargs, 1)[0]  # (B, T, C), before any hook is installed
         sparsifiers = _CandidateSparsifiers(adapter, calibration, b, sparsify_fraction)
         handles = sparsifiers.install()
         try:

@@ -69,9 +69,11 @@ class ScoreHistogram:
 
     @property
     def total(self) -> int:
+        """The number of scores counted, the denominator of every sparsity the histogram gives."""
         return int(self.negative.sum() + self.positive.sum())
 
     def magnitude_counts(self) -> torch.Tensor:
+        """A ``k`` int64 tensor of counts by magnitude bin, both signs together: what thresholds on ``|score|`` read."""
         return self.negative + self.positive
 
     def magnitude_edges(self) -> torch.Tensor:

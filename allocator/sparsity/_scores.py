@@ -45,8 +45,10 @@ class Score:
         return module.weight.detach().to(dtype=module.weight.dtype).float().norm(p=self.norm, dim=0)
 
     def describe(self) -> dict[str, object]:
+        """The score as plain values, for stored calibrations and lookup files (``norm`` None for ``magnitude``)."""
         return {"kind": self.kind, "norm": self.norm if self.kind == "weight_aware" else None}
 
     @classmethod
     def from_description(cls, description: dict[str, object]) -> Score:
+        """The score :meth:`describe` wrote, validated again."""
         return cls(kind=str(description["kind"]), norm=int(description.get("norm") or 1))

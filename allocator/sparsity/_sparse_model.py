@@ -37,6 +37,7 @@ class UniformSplit:
     name = "uniform"
 
     def site_sparsities(self, block_sparsities: torch.Tensor) -> torch.Tensor:
+        """``n_blocks`` float64 in, ``n_blocks x 7`` float64 out: each block's value repeated over its sites."""
         return block_sparsities.to(torch.float64).unsqueeze(1).expand(-1, len(SITE_NAMES)).clone()
 
 
@@ -57,6 +58,7 @@ class BlendSplit:
         self.weight = weight
 
     def site_sparsities(self, block_sparsities: torch.Tensor) -> torch.Tensor:
+        """``n_blocks`` float64 in, ``n_blocks x 7`` float64 out: ``weight`` of the other split, the rest uniform."""
         uniform = UniformSplit().site_sparsities(block_sparsities)
         return (1.0 - self.weight) * uniform + self.weight * self.other.site_sparsities(block_sparsities)
 
@@ -104,10 +106,12 @@ class SparseModel:
 
     @property
     def n_blocks(self) -> int:
+        """The number of blocks: the length of an allocation."""
         return self.adapter.n_blocks
 
     @property
     def sparsify_fraction(self) -> float:
+        """The share of each sequence's trailing tokens that is sparsified (see :class:`Sparsifiers`)."""
         return self.sparsifiers.sparsify_fraction
 
     def site_sparsities(self, allocation: Sequence[float] | torch.Tensor | float) -> torch.Tensor:

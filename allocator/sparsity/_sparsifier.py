@@ -132,6 +132,7 @@ class Sparsifiers:
 
     @property
     def installed(self) -> bool:
+        """Whether the hooks are on the model now (inside the with-block, or as ``load_lookup`` leaves them)."""
         return bool(self._handles)
 
     # -- thresholds and targets --------------------------------------------------------------------------
@@ -173,6 +174,7 @@ class Sparsifiers:
 
     # -- measured sparsity -------------------------------------------------------------------------------
     def reset_counts(self) -> None:
+        """Zero the measured-sparsity counts, so that the next measurement covers only what runs after it."""
         for row in self._states:
             for state in row:
                 state.kept = torch.zeros((), dtype=torch.float64)

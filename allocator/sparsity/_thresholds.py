@@ -24,37 +24,14 @@ from typing import Any
 import torch
 
 from allocator.errors import InputError
-from allocator.model import INPUT_GROUPS, SITE_NAMES, ModelAdapter
+from allocator.model import INPUT_GROUPS, SITE_NAMES
+from allocator.sparsity._blocks import BlockInputs, StopForward, capture_block_inputs, next_block_inputs
 from allocator.sparsity._calibration import Calibration
 from allocator.sparsity._histogram import ScoreHistogram, key_counts
 from allocator.sparsity._sparse_model import SparseModel, as_block_vector
 
 #: Site positions by input group, in the order a block's forward pass reaches them.
 GROUPS: tuple[tuple[int, ...], ...] = ((0, 1, 2), (3,), (4, 5), (6,))
-
-
-class _Stop(Exception):
-    """Raised by a recording hook once it has what it needs: the rest of the forward pass is not wanted."""
-
-
-@torch.no_grad()
-def _first_block_inputs(adapter: ModelAdapter, chunks: list[torch.Tensor]) -> list[tuple[tuple, dict]]:
-    """Each chunk's positional and keyword inputs of block 0 (the embedding pass only)."""
-    captured: list[tuple[tuple, dict]] = []
-
-    def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        captured.append((tuple(args), dict(kwargs)))
-        raise _Stop
-
-    handle = adapter.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
-    device = next(adapter.model.parameters()).device
-    try:
-        for chunk in chunks:
-            with contextlib.suppress(_Stop):
-                adapter.body(input_ids=chunk.to(device), use_cache=False)
-    finally:
-        handle.remove()
-    return captured
 
 
 class _GroupRecorder:
@@ -77,11 +54,11 @@ class _GroupRecorder:
             self.counts[name] += key_counts(scores).cpu()
             self._pending.discard(name)
             if not self._pending:
-                raise _Stop
+                raise StopForward
 
         return hook
 
-    def run(self, layer: torch.nn.Module, inputs: list[tuple[tuple, dict]]) -> dict[str, ScoreHistogram]:
+    def run(self, layer: torch.nn.Module, inputs: list[BlockInputs]) -> dict[str, ScoreHistogram]:
         handles = [
             site.module.register_forward_pre_hook(self._hook(site.name, self.score.channel_norms(site.module)))
             for site in self.sites
@@ -89,7 +66,7 @@ class _GroupRecorder:
         try:
             for args, kwargs in inputs:
                 self._pending = {site.name for site in self.sites}
-                with contextlib.suppress(_Stop):
+                with contextlib.suppress(StopForward):
                     layer(*args, **kwargs)
         finally:
             for handle in handles:
@@ -118,7 +95,11 @@ def calibrate_allocation(
     adapter.model.eval()
     site_sparsities = sparse_model.site_sparsities(allocation)
     started = time.perf_counter()
-    inputs = _first_block_inputs(adapter, [tokens[i : i + batch_size] for i in range(0, tokens.shape[0], batch_size)])
+    device = next(adapter.model.parameters()).device
+    inputs = [
+        capture_block_inputs(adapter, tokens[i : i + batch_size].to(device), first_only=True)[0]
+        for i in range(0, tokens.shape[0], batch_size)
+    ]
     thresholds = torch.zeros(adapter.n_blocks, len(SITE_NAMES), dtype=torch.float64)
     table: list[tuple[ScoreHistogram, ...]] = []
     sparsifiers = sparse_model.sparsifiers
@@ -132,7 +113,7 @@ def calibrate_allocation(
                     name = SITE_NAMES[p]
                     thresholds[b, p] = histograms[name].thresholds(site_sparsities[b, p : p + 1])[0]
             sparsifiers.set_thresholds(thresholds)
-            inputs = [_block_output(layer, args, kwargs) for args, kwargs in inputs]
+            inputs = [next_block_inputs(layer, chunk) for chunk in inputs]
             table.append(_shared(histograms, sparse_model.calibration.score.shares_group_distribution))
             if progress is not None:
                 progress(1)
@@ -144,13 +125,6 @@ def calibrate_allocation(
         seconds=time.perf_counter() - started,
         data={"allocation": [float(s) for s in as_block_vector(allocation, adapter.n_blocks)]},
     )
-
-
-def _block_output(layer: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """The block's output as the next block's inputs (same keyword inputs: positions, mask)."""
-    output = layer(*args, **kwargs)
-    hidden = output[0] if isinstance(output, tuple) else output
-    return (hidden, *args[1:]), kwargs
 
 
 def _shared(histograms: dict[str, ScoreHistogram], shared: bool) -> tuple[ScoreHistogram, ...]:

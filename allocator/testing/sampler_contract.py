@@ -148,19 +148,24 @@ def check_resumable(make: SamplerFactory, *, storage: str, n_first: int = 5, n_t
     np.testing.assert_allclose(_vectors(resumed), _vectors(whole), rtol=0, atol=1e-12)
 
 
+def _refuses_one_more(study: optuna.Study, objective: Callable[[optuna.Trial], float]) -> None:
+    """One more trial of a single-point sampler's study fails with one sentence that says why."""
+    try:
+        study.optimize(objective, n_trials=1)
+    except InputError as err:
+        message = str(err)
+        assert "single point" in message and message.count(". ") == 0, message
+    else:  # pragma: no cover - the assertion below reports it
+        raise AssertionError("a single-point sampler accepted a trial too many")
+
+
 def check_single_point(make: SamplerFactory) -> None:
     """A sampler with ``max_trials == 1`` refuses a second proposal with one clear sentence."""
     sampler = make(0)
     assert getattr(sampler, "max_trials", None) == 1, "only single-point samplers refuse a second proposal"
     study = optuna.create_study(sampler=sampler)
     study.optimize(_objective(CONTRACT_SPACE), n_trials=1)
-    try:
-        study.optimize(_objective(CONTRACT_SPACE), n_trials=1)
-    except InputError as err:
-        message = str(err)
-        assert "single point" in message and message.count(". ") == 0, message
-    else:  # pragma: no cover - the assertion below reports it
-        raise AssertionError("a single-point sampler accepted a second trial")
+    _refuses_one_more(study, _objective(CONTRACT_SPACE))
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL], states
 
@@ -271,12 +276,6 @@ def check_frontier_single_point(make: SamplerFactory) -> None:
     study = optuna.create_study(sampler=sampler)
     study.optimize(_frontier_objective, n_trials=len(CONTRACT_SPACES))
     assert sorted(t for t, _ in _placed(study)) == sorted(CONTRACT_SPACES), "each target gets its one trial"
-    try:
-        study.optimize(_frontier_objective, n_trials=1)
-    except InputError as err:
-        message = str(err)
-        assert "single point" in message and message.count(". ") == 0, message
-    else:  # pragma: no cover - the assertion below reports it
-        raise AssertionError("a single-point sampler accepted a trial too many")
+    _refuses_one_more(study, _frontier_objective)
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.COMPLETE] * len(CONTRACT_SPACES) + [optuna.trial.TrialState.FAIL]

@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session
 from allocator import Calibration, load_model
 from allocator.search import trial_attributes as attrs
 from storage import CalibrationRecord, Database
+from studies import StudyConfig, build_config
 
 SPARSEALLOC = str(Path(sys.executable).with_name("sparsealloc"))
 
@@ -64,6 +65,9 @@ _POLL_S = 0.05
 
 @dataclass(frozen=True)
 class SoakResult:
+    """What a soak counted, one field per check (see the module docstring), for the test's assertions and
+    ``bench/soak.py``'s results."""
+
     backend: str
     workers: int
     kills: int
@@ -82,6 +86,8 @@ class SoakResult:
 
     @property
     def ok(self) -> bool:
+        """Whether every check passed: the requested trials finished, no hang, nothing lost or duplicated, and one
+        intact calibration."""
         return (
             self.trials_finished == self.trials_requested
             and self.hangs == 0
@@ -93,14 +99,18 @@ class SoakResult:
         )
 
     def as_dict(self) -> dict[str, Any]:
+        """The counts and the verdict as plain values, for a JSON results file."""
         return {**asdict(self), "ok": self.ok}
 
 
-def soak_config(model_dir: Path, *, name: str, trials: int, sampler: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "model": str(model_dir),
-        "data": {
+def soak_config(model_dir: Path, *, name: str, trials: int, sampler: str) -> StudyConfig:
+    """A study configuration for the soak: the tiny model at ``model_dir`` with few short sequences, so that trials take
+    a fraction of a second and the kills land in every phase of a worker."""
+    return build_config(
+        name,
+        target=0.5,
+        model=str(model_dir),
+        data={
             "source": "pydoc",
             "seq_len": 32,
             "calibration_sequences": 4,
@@ -108,13 +118,14 @@ def soak_config(model_dir: Path, *, name: str, trials: int, sampler: str) -> dic
             "validation_sequences": 2,
             "heldout_sequences": 2,
         },
-        "sparsity": {"target": 0.5, "lower": 0.0, "upper": 0.9},
-        "sampler": {"name": sampler},
-        "trials": trials,
-        "seed": 0,
-        "search": {"screen_sequences": 8, "promote_sequences": [4]},
-        "evaluation": {"batch_size": 4, "heldout": "none"},
-    }
+        sparsity={"lower": 0.0, "upper": 0.9},
+        sampler=sampler,
+        trials=trials,
+        seed=0,
+        search={"screen_sequences": 8, "promote_sequences": [4]},
+        evaluation={"batch_size": 4, "heldout": "none"},
+        source="soak",
+    )
 
 
 @dataclass
@@ -244,7 +255,8 @@ def run_soak(
     name = f"soak-{backend}"
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / f"{name}.yaml"
-    config_path.write_text(yaml.safe_dump(soak_config(model_dir, name=name, trials=trials, sampler=sampler)))
+    config = soak_config(model_dir, name=name, trials=trials, sampler=sampler)
+    config_path.write_text(yaml.safe_dump(config.canonical()))  # created through the command line, as a user would
     created = subprocess.run(
         [SPARSEALLOC, "study", "create", str(config_path), "--storage", url], capture_output=True, text=True
     )

@@ -7,8 +7,7 @@ import pytest
 from sqlalchemy import event, update
 from sqlalchemy.orm import Session
 
-from allocator import StorageError
-from storage import SCHEMA_VERSION, Database, Meta, ModelRecord
+from storage import SCHEMA_VERSION, Database, Meta, ModelRecord, StorageError
 
 
 def test_opens_creates_schema_and_optuna_reads_it(storage_url):

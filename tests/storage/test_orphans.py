@@ -7,7 +7,8 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from storage import Database, heartbeat_orphans, rdb_storage, unheartbeated_running_trials
+from allocator.search import rdb_storage
+from storage import Database, heartbeat_orphans, unheartbeated_running_trials
 from studies import repair_stale_trials
 
 

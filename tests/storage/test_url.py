@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from allocator import StorageError
-from storage import DEFAULT_URL, mask_url, resolve_url
+from storage import DEFAULT_URL, StorageError, mask_url, resolve_url
 
 
 def test_default_is_sqlite_in_the_working_directory(monkeypatch):

@@ -149,3 +149,47 @@ def test_every_target_must_be_reachable_under_per_block_bounds(trained_tiny_dir)
     reachable = r"sparsity 0.2 is not reachable .* the reachable range is \[0.4, "
     with pytest.raises(InfeasibleConstraintError, match=reachable):
         check_study(config)  # equal block weights: the lowest reachable sparsity is the lower bounds' mean, 0.4
+
+
+def test_build_config_is_the_study_file_as_keyword_arguments():
+    """Sections given as mappings (or a bare model and sampler name) build what the same YAML document parses to;
+    what is left out, or None, takes the schema's default."""
+    from studies import build_config
+
+    document = {
+        "name": "s",
+        "model": "tiny-dir",
+        "data": {"seq_len": 32, "search_sequences": 12},
+        "sparsity": {"target": [0.3, 0.6], "split": "greedy"},
+        "sampler": {"name": "greedy"},
+        "search": {"screen_sequences": 4},
+        "trials": 3,
+    }
+    built = build_config(
+        "s",
+        target=(0.3, 0.6),
+        model="tiny-dir",
+        data={"seq_len": 32, "search_sequences": 12, "heldout": None, "seed": None},
+        sparsity={"split": "greedy"},
+        sampler="greedy",
+        search={"screen_sequences": 4},
+        trials=3,
+        seed=None,
+    )
+    assert built == parse_config(document) and built.digest() == parse_config(document).digest()
+    assert built.data.seed == 0 and built.data.calibration_sequences == 64 and built.seed == 0
+    assert build_config("m", target=0.5) == parse_config({"name": "m", "sparsity": {"target": 0.5}})
+    assert build_config("m", target={"from": 0.4, "to": 0.6, "step": 0.1}).sparsity.targets == (0.4, 0.5, 0.6)
+
+
+def test_build_config_refuses_as_a_study_file_does():
+    from studies import build_config
+
+    with pytest.raises(InputError, match=r"^bench-cell: `data.seq_len`: Input should be greater than or equal to 2\.$"):
+        build_config("s", target=0.5, data={"seq_len": 1}, source="bench-cell")
+    with pytest.raises(InputError, match=r"unknown key `search.screen`"):
+        build_config("s", target=0.5, search={"screen": 4})
+    with pytest.raises(InputError, match=r"`sampler.name`: unknown sampler 'sobol'"):
+        build_config("s", target=0.5, sampler="sobol")
+    with pytest.raises(TypeError, match="takes the target once"):
+        build_config("s", target=0.5, sparsity={"target": 0.4})

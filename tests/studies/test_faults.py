@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from allocator import atomic_write_directory
-from allocator.search.samplers import evaluated_vector
+from allocator.search.trial_attributes import evaluated_vector
 from storage import Database
 from studies.cli import cli
 from tests.studies.conftest import SPARSEALLOC

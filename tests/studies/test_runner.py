@@ -8,10 +8,9 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from allocator.errors import StorageError
 from allocator.search import trial_attributes as attrs
-from allocator.search.samplers import evaluated_vector
-from storage import Database
+from allocator.search.trial_attributes import evaluated_vector
+from storage import Database, StorageError
 from studies import create_study, load_config, open_session, run_study, summarize
 
 

@@ -12,7 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from allocator.search.samplers import evaluated_vector
+from allocator.search.trial_attributes import evaluated_vector
 
 
 def _trials(url: str, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:

@@ -15,7 +15,6 @@ from allocator.search.samplers._base import (
     ProposalSampler,
     collect_history,
     distributions,
-    evaluated_vector,
     pending_vector,
     suggest_allocation,
 )
@@ -86,7 +85,6 @@ __all__ = [
     "create_frontier_sampler",
     "create_sampler",
     "distributions",
-    "evaluated_vector",
     "gp_hyperparameters",
     "knot_space",
     "next_in_turn",

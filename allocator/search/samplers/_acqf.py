@@ -51,6 +51,7 @@ class NullSpaceMap:
 
     @classmethod
     def build(cls, space: ConstraintSpace) -> NullSpaceMap:
+        """The map for ``space``, its null-space basis from an SVD of the normalised constraint row."""
         free = np.flatnonzero(space.free_mask)
         lo, hi = space.lower_array(), space.upper_array()
         a = space.weight_array()[free] * (hi[free] - lo[free])
@@ -238,6 +239,8 @@ def optimize_slsqp(
 
 
 def rank_candidates(acqf: AcquisitionFunction, X: np.ndarray) -> AcqResult:
+    """The ``k x d`` candidates ``X`` sorted by their acquisition value, best first, so that a sampler can take the best
+    one it has not evaluated yet."""
     vals = evaluate_batched(acqf, torch.as_tensor(X, dtype=torch.float64)).numpy()
     order = np.argsort(-vals, kind="stable")
     return AcqResult(X=X[order], values=vals[order])

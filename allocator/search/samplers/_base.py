@@ -4,8 +4,8 @@
   as ``suggest_float(name, l_i, u_i)``, applies the one documented projection (``ConstraintSpace.project``)
   if the vector is off the constraint (Optuna's TPE and CMA-ES know nothing of it), and records the vector
   actually evaluated as the user attribute ``"vector"`` (plus ``"projection_distance"``).
-* Samplers learn from :func:`evaluated_vector` (that attribute, falling back to the params), and minimise
-  positive values (perplexity); model-based samplers model ``log(value)``.
+* Samplers learn from :func:`~allocator.search.trial_attributes.evaluated_vector` (that attribute, falling back
+  to the params), and minimise positive values (perplexity); model-based samplers model ``log(value)``.
 * Our own samplers subclass :class:`BlockSampler` (one target), or its base :class:`ProposalSampler` (a
   frontier sampler that chooses each trial's target itself): they propose the whole vector at once through
   relative sampling, hold no state of their own (everything is rebuilt from ``study.get_trials``, so several
@@ -36,6 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 from allocator.errors import InputError
 from allocator.search import trial_attributes as attrs
 from allocator.search._constraint import ConstraintSpace
+from allocator.search._optuna_internals import is_multi_objective
 from allocator.search.samplers._registry import SamplerOptions, validate_options
 
 if TYPE_CHECKING:
@@ -77,11 +78,6 @@ def suggest_allocation(trial: optuna.Trial, space: ConstraintSpace) -> np.ndarra
     return vector
 
 
-def evaluated_vector(trial: FrozenTrial, space: ConstraintSpace | None = None) -> np.ndarray | None:
-    """The vector ``trial`` evaluated (a ``d`` array), or None (see ``trial_attributes.evaluated_vector``)."""
-    return attrs.evaluated_vector(trial, None if space is None else space.dim)
-
-
 def pending_vector(trial: FrozenTrial, space: ConstraintSpace) -> np.ndarray | None:
     """The point a RUNNING or WAITING trial will evaluate, as far as storage knows it (on the constraint), or None."""
     vec = attrs.pending_params(trial, space.dim)
@@ -112,6 +108,7 @@ class History:
 
     @property
     def n(self) -> int:
+        """The number of COMPLETE trials the history holds."""
         return int(self.X.shape[0])
 
     def log_y(self) -> np.ndarray:
@@ -149,7 +146,7 @@ def collect_history(study: Study, trial: FrozenTrial, space: ConstraintSpace) ->
         if t.number == trial.number:
             continue
         if t.state == TrialState.COMPLETE:
-            vec = evaluated_vector(t, space)
+            vec = attrs.evaluated_vector(t, space.dim)
             if vec is None or t.value is None or math.isnan(float(t.value)):
                 continue
             xs.append(vec)
@@ -235,20 +232,25 @@ class ProposalSampler(BaseSampler):
 
     @property
     def space(self) -> ConstraintSpace:
+        """The constraint space the sampler proposes on."""
         return self._space
 
     @property
     def seed(self) -> int:
+        """The seed every proposal's random generator derives from (drawn at random if none was given)."""
         return self._seed
 
     # ------------------------------------------------------------------ Optuna interface
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        """Optuna's hook: every ``block_b`` with its bounds, so that the whole vector is proposed at once."""
         return dict(distributions(self._space))
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
+        """Optuna's hook and the one publish path: check the study, then under the proposal lock place the trial, clip
+        its proposal into the bounds and record it on the trial before returning it."""
         if not search_space or not self.proposes_for(trial):
             return {}
         _check_study(study)
@@ -272,6 +274,7 @@ class ProposalSampler(BaseSampler):
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
+        """Optuna's hook for a parameter outside the blocks (one an objective suggests itself): a seeded random draw."""
         # Parameters other than the blocks (an objective may suggest its own) are drawn at random.
         sampler = optuna.samplers.RandomSampler(seed=int(trial_rng(self._seed, trial.number, 7).integers(2**31)))
         return sampler.sample_independent(study, trial, param_name, param_distribution)
@@ -300,6 +303,8 @@ class BlockSampler(ProposalSampler):
     """
 
     def place(self, study: Study, trial: FrozenTrial) -> tuple[ConstraintSpace, np.ndarray]:
+        """The study's space and the subclass's proposal from the trial's history (the one point of a singleton space
+        without asking)."""
         history = collect_history(study, trial, self._space)
         if self._space.is_singleton:
             return self._space, self._space.center()
@@ -311,7 +316,7 @@ class BlockSampler(ProposalSampler):
 
 
 def _check_study(study: Study) -> None:
-    if study._is_multi_objective():
+    if is_multi_objective(study):
         raise InputError("The block samplers optimise a single objective, but the study has several directions.")
     if study.direction != StudyDirection.MINIMIZE:
         raise InputError("The block samplers minimise perplexity, but the study's `direction` is 'maximize'.")

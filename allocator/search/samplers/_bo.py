@@ -121,6 +121,7 @@ class SearchSpace:
     to_blocks: np.ndarray | None  # ``d x K`` (profile knots), or None for the block space itself
 
     def blocks(self, X: np.ndarray) -> np.ndarray:
+        """Points of this search space (``n x d`` or ``n x K``) to ``n x d`` block vectors: what the trials evaluate."""
         return X if self.to_blocks is None else X @ self.to_blocks.T
 
     def features(self, X: np.ndarray) -> np.ndarray:
@@ -217,6 +218,8 @@ class BoSampler(BlockSampler):
     # ------------------------------------------------------------------ proposal
 
     def propose(self, study: Study, trial: FrozenTrial, history: History) -> np.ndarray:
+        """A design point until ``n_initial`` trials have finished, then the best new candidate of a GP step; a failed
+        model step falls back to the next design point and is recorded on the trial."""
         rng = self.rng(trial)
         with torch.device("cpu"), torch.random.fork_rng(), single_threaded(), warnings.catch_warnings():
             # Near-duplicate points with a tiny fixed noise make GPyTorch add jitter; that is expected.
@@ -226,7 +229,7 @@ class BoSampler(BlockSampler):
             torch.manual_seed(int(rng.integers(2**31)))
             if history.n < max(self.options.n_initial, 2):
                 return self.next_design_point(history, rng)
-            search = self._search(history)
+            search = self.search_space(history)
             try:
                 result = self._model_step(study, trial, history, search, rng)
             except _model_errors() as error:
@@ -254,12 +257,10 @@ class BoSampler(BlockSampler):
         model = self.fit(history, search, warm_start=warm)
         attrs.set_system_attr(study, trial, attrs.BO_GP, gp_hyperparameters(model, phase))
         acqf = self.acquisition(model, history, search, seed=int(rng.integers(2**31)))
-        # The trust region is a tool for the full block vector; a few knots are searched whole.
-        full = search.to_blocks is None
-        box = self._trust_region(history, search, model) if self.options.trust_region and full else search.space
-        return self.optimize(acqf, box, history, search, rng)
+        return self.optimize(acqf, self.acquisition_box(history, search, model), history, search, rng)
 
-    def _search(self, history: History) -> SearchSpace:
+    def search_space(self, history: History) -> SearchSpace:
+        """Where this proposal searches: the depth profile's knots during the profile phase, else the full vector."""
         if self._profile is not None and history.n < self.options.profile_trials:
             return SearchSpace(space=self._profile, to_blocks=self._M)
         return SearchSpace(space=self.space, to_blocks=None)
@@ -270,19 +271,17 @@ class BoSampler(BlockSampler):
         """The initial design, an ``(n_initial + spare) x d`` array: uniform vector, then maximin order."""
         n_initial = self.options.n_initial
         key = ("bo-design", self.seed, n_initial, self._knots)
-        cached = self.space._cache.get(key)
-        if cached is None:
-            if self._profile is not None and self._M is not None:
-                kspace = self._profile
-                first = kspace.uniform_vector()[None, :]
-                rest = kspace.sample(n_initial + _DESIGN_SPARE - 1, seed=self.seed, start=first)
-                cached = self.space.project(np.concatenate([first, rest]) @ self._M.T)
-            else:
-                first = self.space.uniform_vector()[None, :]
-                rest = self.space.sample(n_initial + _DESIGN_SPARE - 1, seed=self.seed, start=first)
-                cached = np.concatenate([first, rest])
-            self.space._cache[key] = cached
-        return cached.copy()
+        return self.space.memoised(key, lambda: self._draw_design(n_initial))
+
+    def _draw_design(self, n_initial: int) -> np.ndarray:
+        if self._profile is not None and self._M is not None:
+            kspace = self._profile
+            first = kspace.uniform_vector()[None, :]
+            rest = kspace.sample(n_initial + _DESIGN_SPARE - 1, seed=self.seed, start=first)
+            return self.space.project(np.concatenate([first, rest]) @ self._M.T)
+        first = self.space.uniform_vector()[None, :]
+        rest = self.space.sample(n_initial + _DESIGN_SPARE - 1, seed=self.seed, start=first)
+        return np.concatenate([first, rest])
 
     def next_design_point(self, history: History, rng: np.random.Generator) -> np.ndarray:
         """The first point of the initial design not yet evaluated or pending (else an unseen polytope point)."""
@@ -404,6 +403,13 @@ class BoSampler(BlockSampler):
             if length < _TR_MIN:
                 length = self.trust_region_init
         return length
+
+    def acquisition_box(self, history: History, search: SearchSpace, model: SingleTaskGP) -> ConstraintSpace:
+        """The part of ``search.space`` the acquisition is optimised over: TuRBO's trust region around the best
+        point when enabled on the full vector (a few knots are searched whole), else the whole space."""
+        if not (self.options.trust_region and search.to_blocks is None):
+            return search.space
+        return self._trust_region(history, search, model)
 
     def _trust_region(self, history: History, search: SearchSpace, model: SingleTaskGP) -> ConstraintSpace:
         length = self.trust_region_length(history)

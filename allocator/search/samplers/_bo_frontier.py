@@ -101,6 +101,7 @@ class FrontierBoSampler(ProposalSampler):
     # ------------------------------------------------------------------ the publish path's steps
 
     def proposes_for(self, trial: FrozenTrial) -> bool:
+        """False for a retried trial, which keeps its enqueued vector and target."""
         return attrs.FIXED_PARAMS not in trial.system_attrs  # a retried trial keeps its enqueued vector and target
 
     def place(self, study: Study, trial: FrozenTrial) -> tuple[ConstraintSpace, np.ndarray]:

@@ -98,6 +98,8 @@ class EvoPressSampler(BlockSampler):
         return -1 if number == 0 else (number - 1) // self.options.offspring
 
     def propose(self, study: Study, trial: FrozenTrial, history: History) -> np.ndarray:
+        """The trial's vector: with selection stages, the parent of a generation whose offspring the trial's plan lists;
+        otherwise the uniform start first, then one new offspring of the generation's parent."""
         if self._stages is not None:
             return self._generation(study, trial, history)
         start = self.space.uniform_vector()

@@ -28,18 +28,13 @@ from optuna.trial import FrozenTrial, TrialState
 from allocator.errors import InputError
 from allocator.search import trial_attributes as attrs
 from allocator.search._constraint import ConstraintSpace
+from allocator.search._optuna_internals import study_storage
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
     from optuna.study import Study, StudyDirection
 
 _COUNTED = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
-
-
-def _storage_of(study: Study) -> BaseStorage:
-    """The storage ``study`` reads and writes. Optuna has no public accessor for it (samplers themselves reach
-    it as ``study._storage``); this is the frontier code's one use of a private attribute."""
-    return study._storage
 
 
 class _TargetStorage(BaseStorage):
@@ -148,11 +143,12 @@ class TargetView(optuna.Study):
         self._target = target
         self._targets = tuple(targets)
         self._current = current
-        storage = _TargetStorage(_storage_of(study), self._keeps)
+        storage = _TargetStorage(study_storage(study), self._keeps)
         super().__init__(study_name=study.study_name, storage=storage, sampler=study.sampler, pruner=study.pruner)
 
     @property
     def target(self) -> float:
+        """The target whose trials this view lists."""
         return self._target
 
     def _keeps(self, trial: FrozenTrial) -> bool:
@@ -187,7 +183,9 @@ def find_target(targets: Sequence[float], target: float) -> float:
 class SerializableSampler(Protocol):
     """A sampler that can make its proposals under a cross-process lock (see ``ProposalSampler.serialize_with``)."""
 
-    def serialize_with(self, lock: Callable[[], AbstractContextManager[Any]]) -> None: ...
+    def serialize_with(self, lock: Callable[[], AbstractContextManager[Any]]) -> None:
+        """Make every later proposal while holding ``lock()``, so workers of one study propose one at a time."""
+        ...
 
 
 class TargetsInTurn(BaseSampler):
@@ -206,6 +204,7 @@ class TargetsInTurn(BaseSampler):
 
     @property
     def targets(self) -> tuple[float, ...]:
+        """The study's targets, increasing."""
         return self._targets
 
     def sampler_for(self, target: float) -> BaseSampler:
@@ -222,7 +221,7 @@ class TargetsInTurn(BaseSampler):
         target = attrs.target_of(trial, self._targets)
         if target is None:
             raise InputError(f"Trial {trial.number} of a frontier study has no target.")
-        key = (_storage_of(study), study.study_name, trial.number, target)
+        key = (study_storage(study), study.study_name, trial.number, target)
         last = self._last
         if last is None or last[0] != key:
             last = (key, TargetView(study, target, self._targets, trial.number))
@@ -230,18 +229,21 @@ class TargetsInTurn(BaseSampler):
         return self._inner[target], last[1]
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        """Give a new trial the target next in turn, then let that target's sampler prepare it on its view."""
         if attrs.target_of(trial, self._targets) is None:
             attrs.assign_target(study, trial, next_in_turn(study, self._targets, exclude=trial.number))
         sampler, view = self._view(study, trial)
         sampler.before_trial(view, trial)
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        """The search space of the trial's target sampler, as it sees its own target's trials."""
         sampler, view = self._view(study, trial)
         return sampler.infer_relative_search_space(view, trial)
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
+        """The trial's target sampler's proposal, made on that target's trials only (none for a retried trial)."""
         if attrs.FIXED_PARAMS in trial.system_attrs:
             return {}  # a retried trial evaluates the vector it was enqueued with
         sampler, view = self._view(study, trial)
@@ -250,10 +252,12 @@ class TargetsInTurn(BaseSampler):
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
+        """One parameter from the trial's target sampler, on that target's trials only."""
         sampler, view = self._view(study, trial)
         return sampler.sample_independent(view, trial, param_name, param_distribution)
 
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
+        """Tell the trial's target sampler that the trial ended (nothing when it failed before it had a target)."""
         if attrs.target_of(trial, self._targets) is None:
             return  # it failed before it had a target: no target's sampler saw it
         sampler, view = self._view(study, trial)

@@ -100,6 +100,8 @@ class RandomBlockSampler(BlockSampler):
         self._n_thinning = o.n_thinning if o.n_thinning is not None else max(8, m)
 
     def propose(self, study: Study, trial: FrozenTrial, history: History) -> np.ndarray:
+        """Sample ``trial.number`` of the seeded hit-and-run chain, whatever the history: a function of seed and trial
+        number only."""
         return self._chain().get(trial.number)
 
     def _chain(self) -> _Chain:

@@ -18,9 +18,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from allocator.errors import InputError
+from allocator.schema import StrictModel
 from allocator.search.samplers._frontier import TargetsInTurn
 
 if TYPE_CHECKING:
@@ -29,10 +30,8 @@ if TYPE_CHECKING:
     from allocator.search._constraint import ConstraintSpace
 
 
-class SamplerOptions(BaseModel):
+class SamplerOptions(StrictModel):
     """Base of every sampler's options: frozen, strict types, unknown keys refused."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 SamplerFactory = Callable[..., "BaseSampler"]

@@ -8,6 +8,7 @@ import numpy as np
 from optuna.trial import TrialState
 
 from allocator.errors import InputError
+from allocator.search._optuna_internals import set_trial_state
 from allocator.search.samplers._base import BlockSampler, History
 from allocator.search.samplers._registry import register_sampler
 
@@ -28,17 +29,19 @@ class UniformSampler(BlockSampler):
     max_trials: ClassVar[int | None] = 1
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        """Refuse (and fail) a second trial: this sampler has one point, so a second would repeat the first."""
         others = [
             t for t in study.get_trials(deepcopy=False) if t.number != trial.number and t.state != TrialState.FAIL
         ]
         if len(others) >= 1:
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            set_trial_state(study, trial, TrialState.FAIL)
             raise InputError(
                 f"The `{self.name}` sampler has a single point (max_trials = 1) and the study already has trial "
                 f"{others[0].number}; run it with one trial."
             )
 
     def propose(self, study: Study, trial: FrozenTrial, history: History) -> np.ndarray:
+        """Every block at the target: the uniform vector."""
         return self.space.uniform_vector()
 
 

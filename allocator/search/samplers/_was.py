@@ -119,6 +119,8 @@ class WasSampler(BlockSampler):
     # ------------------------------------------------------------------ proposal
 
     def propose(self, study: Study, trial: FrozenTrial, history: History) -> np.ndarray:
+        """Ask WAS's TPE, rebuilt from the study, for raw vectors until one falls inside the band (penalising the
+        others), and return it projected onto the constraint."""
         inner, any_running = self._rebuild(study, trial)
         sampler = optuna.samplers.TPESampler(
             seed=int(self.rng(trial).integers(2**31)),

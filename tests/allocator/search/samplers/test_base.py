@@ -11,7 +11,6 @@ from allocator.search import trial_attributes as attrs
 from allocator.search.samplers import (
     collect_history,
     create_sampler,
-    evaluated_vector,
     suggest_allocation,
 )
 
@@ -44,14 +43,14 @@ def test_evaluated_vector_prefers_the_user_attribute_then_params() -> None:
     study.enqueue_trial({"block_0": 0.9, "block_1": 0.9, "block_2": 0.9})
     study.optimize(lambda t: float(suggest_allocation(t, SPACE).sum()), n_trials=1)
     frozen = study.trials[0]
-    np.testing.assert_allclose(evaluated_vector(frozen, SPACE), SPACE.project([0.9] * 3))
+    np.testing.assert_allclose(attrs.evaluated_vector(frozen, SPACE.dim), SPACE.project([0.9] * 3))
     bare = optuna.trial.create_trial(
         params={"block_1": 0.2, "block_0": 0.1, "block_2": 0.3},
         distributions={n: optuna.distributions.FloatDistribution(0, 0.9) for n in SPACE.param_names},
         value=1.0,
     )
-    np.testing.assert_array_equal(evaluated_vector(bare), [0.1, 0.2, 0.3])
-    assert evaluated_vector(bare, ConstraintSpace(weights=[1, 1, 1, 1], target=0.5)) is None
+    np.testing.assert_array_equal(attrs.evaluated_vector(bare), [0.1, 0.2, 0.3])
+    assert attrs.evaluated_vector(bare, ConstraintSpace(weights=[1, 1, 1, 1], target=0.5).dim) is None
 
 
 def test_history_reads_finished_and_pending_trials() -> None:
