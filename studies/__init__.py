@@ -1,4 +1,6 @@
-"""The study runner: configuration, sessions, the run loop, export, reports, the command line.
+"""The study runner: configuration (and :func:`build_config`, the one way code builds one), sessions, the run
+loop, export, reports, the one-off measurements of ``apply``, ``evaluate`` and ``calibrate``, the command line
+(which only parses, calls these and prints).
 
 Public names are imported lazily (``from studies import run_study`` imports the runner, and with it the
 samplers, only then), so ``sparsealloc --help``, ``study status`` and ``study list`` stay fast.

@@ -7,7 +7,8 @@ occasion (:class:`AdhocSettings`), whose artifacts stay in memory; ``apply`` ins
 
 Each refuses what it can before any weights load: a sequence length past the model's positions, a bad lookup
 or sparsity. ``seq_len_option`` is the name that refusal gives the sequence length (the command line passes
-``--seq-len``); ``progress`` is the ``bar(label, total) -> advance(n)`` factory of :func:`studies.open_session`.
+``--seq-len``, and checks its options before it shows any progress); ``progress`` is the
+``bar(label, total) -> advance(n)`` factory of :func:`studies.open_session`.
 """
 
 from __future__ import annotations
@@ -57,8 +58,15 @@ class AdhocSettings:
     device: str | None = None
     dtype: str | None = None
 
-    def config(self, *, source: str = "settings") -> StudyConfig:
-        """The study configuration of the session: these settings, and the smallest search (it is not run)."""
+    def config(self, *, source: str = "settings", seq_len_option: str = "seq_len") -> StudyConfig:
+        """The study configuration of the session: these settings, and the smallest search (it is not run).
+
+        A sequence length past the model's positions is refused first (reading the model's configuration, no
+        weights), then a bad setting, in one sentence naming its key after ``source``.
+        """
+        model = self.model if self.model is not None else ModelConfig.model_fields["source"].default
+        seq_len = self.seq_len if self.seq_len is not None else DataConfig.model_fields["seq_len"].default
+        model_shape(model).check_seq_len(seq_len, name=seq_len_option)
         return build_config(
             "adhoc",
             target=0.5,  # unused: one-off commands evaluate the allocation they are given
@@ -80,23 +88,12 @@ class AdhocSettings:
         )
 
 
-def open_adhoc_session(
-    settings: AdhocSettings,
-    *,
-    progress: Progress | None = None,
-    seq_len_option: str = "seq_len",
-    source: str = "settings",
-) -> StudySession:
-    """A study's session on ``settings`` with nothing stored: the model, the calibration and held-out tokens,
-    the calibration and the objective.
-
-    A sequence length past the model's positions is refused before any weights load; a bad setting is one
-    sentence naming its key after ``source``.
-    """
-    model = settings.model if settings.model is not None else ModelConfig.model_fields["source"].default
-    seq_len = settings.seq_len if settings.seq_len is not None else DataConfig.model_fields["seq_len"].default
-    model_shape(model).check_seq_len(seq_len, name=seq_len_option)
-    return open_session(MemoryArtifacts(), settings.config(source=source), progress=progress)
+def open_adhoc_session(settings: AdhocSettings | StudyConfig, *, progress: Progress | None = None) -> StudySession:
+    """A study's session with nothing stored: the model, the calibration and held-out tokens, the calibration
+    and the objective, on ``settings`` (checked first: :meth:`AdhocSettings.config`) or on a configuration
+    already built from them."""
+    config = settings if isinstance(settings, StudyConfig) else settings.config()
+    return open_session(MemoryArtifacts(), config, progress=progress)
 
 
 def check_uniform_sparsity(sparsity: float, *, option: str = "sparsity") -> None:

@@ -150,9 +150,10 @@ def _adhoc_session(*, sparsify_fraction: float = 1.0, **options: Any) -> Any:
         **{**options, "norm": int(options["norm"]), "device": options.get("device") or None},
         sparsify_fraction=sparsify_fraction,
     )
+    config = settings.config(source="command line", seq_len_option="--seq-len")  # before any progress shows
     started = time.perf_counter()
     with _progress() as bar:
-        session = open_adhoc_session(settings, progress=bar, seq_len_option="--seq-len", source="command line")
+        session = open_adhoc_session(config, progress=bar)
     loaded, tokens, calibration = session.loaded, session.tokens, session.calibration
     click.echo(
         f"model        {loaded.name} ({loaded.architecture}, {loaded.adapter.n_blocks} blocks, "
