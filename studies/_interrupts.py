@@ -1,12 +1,16 @@
 """Ctrl-C and SIGTERM while a study runs: stop where stopping is safe, so the command ends in one sentence.
 
-Python raises ``KeyboardInterrupt`` wherever the main thread happens to be when SIGINT arrives. Inside a
-trial's evaluation that is what a user wants (a trial may take minutes), but inside Optuna's or SQLAlchemy's
-bookkeeping (creating a trial, storing its result, refreshing Optuna's trial cache) it can leave that state
-half-updated and end the command in a traceback instead of a sentence. So while a study runs, SIGINT and
-SIGTERM (``docker stop``, ``kill``) interrupt at once only inside the blocks marked :meth:`Interrupts.immediate`
-(a trial's objective, waits); anywhere else the request is noted and raised at the next safe point, a moment
-later.
+Python raises ``KeyboardInterrupt`` wherever the main thread happens to be when SIGINT arrives. Inside
+Optuna's or SQLAlchemy's bookkeeping (creating a trial, storing its result, a pool's connection ping) that
+leaves the state half-updated: SQLAlchemy, cleaning up the interrupted connection, raises a database error
+that hides the interrupt, and the command ends in a traceback instead of a sentence. A trial's objective
+reads and writes the database too (its stored reference, its measurements), so no part of it is safe.
+
+So while a study runs, SIGINT and SIGTERM (``docker stop``, ``kill``) only note the request, which is raised
+at the next safe point (:meth:`Interrupts.check`): every evaluated batch (a fraction of a second on a GPU),
+every pass of the study loop. Only sleeps (:meth:`Interrupts.sleep`) are interrupted at once. A second
+signal while the first waits for its safe point interrupts at once wherever the process is: the way out of a
+step that hangs.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ class Interrupts:
         self._immediate = 0
 
     def _handle(self, signum: int, frame: Any) -> None:
+        again = self.requested
         self.requested = True
-        if self._immediate:
+        if self._immediate or again:
             raise KeyboardInterrupt
 
     @contextmanager

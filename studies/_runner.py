@@ -169,8 +169,7 @@ class TrialObjective:
     def __call__(self, trial: optuna.Trial) -> float:
         self.running = trial.number
         try:
-            with self.interrupts.immediate():
-                return self._run(trial)
+            return self._run(trial)
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
@@ -221,7 +220,7 @@ class TrialObjective:
             },
         )
         if session.config.evaluation.heldout == "best" and self._is_new_best(values[0], goal):
-            heldout = session.evaluate(vector, "heldout")
+            heldout = self._evaluate(trial.number, vector, None, role="heldout")
             measured = {attrs.HELDOUT_PERPLEXITY: heldout.perplexity, attrs.HELDOUT_KL: heldout.kl}
             attrs.record_measurements(trial, measured)
         return values[0]
@@ -279,16 +278,21 @@ class TrialObjective:
         trial.set_user_attr(attrs.SELECTION, record)
         return values[winner]
 
-    def _evaluate(self, number: int, vector: Any, index: torch.Tensor) -> Any:
-        advance = self.reporter.trial_started(number, int(index.numel()))
+    def _evaluate(self, number: int, vector: Any, index: torch.Tensor | None, *, role: str = "search") -> Any:
+        """``vector`` on the role's sequences ``index`` (all of them: None); every batch is a safe point for
+        an interrupt, in the dense reference's pass too when this trial is the one that computes it."""
+        check = self.interrupts.check
+        self.session.reference(role, progress=lambda _label, _total: lambda _n: check())
+        advance = self.reporter.trial_started(number, int(index.numel())) if index is not None else lambda _n: None
         done = [0]
 
         def on_batch(sequences: int, _nll: float) -> bool:
             advance(sequences - done[0])
             done[0] = sequences
+            check()
             return False
 
-        return self.session.evaluate(vector, "search", index=index, on_batch=on_batch)
+        return self.session.evaluate(vector, role, index=index, on_batch=on_batch)
 
     def _promoted(self, rung: int, value: float, target: float) -> bool:
         """Whether a rung-``rung`` value ranks among the best ``max(1, n // promote_ratio)`` so far at ``target``."""

@@ -149,11 +149,12 @@ class StudySession:
             raise TypeError("This session keeps its artifacts in memory and has no study database.")
         return self.artifacts
 
-    def reference(self, role: str) -> DenseReference:
-        """The dense model's top-k distributions on a role's tokens: stored once, shared by every worker."""
+    def reference(self, role: str, progress: Progress | None = None) -> DenseReference:
+        """The dense model's top-k distributions on a role's tokens: stored once, shared by every worker;
+        ``progress`` follows the dense pass when this call computes it."""
         if role not in self._references:
             self._references[role] = reference_for(
-                self.artifacts, self.config, self.loaded, self.tokens, role, notify=self.notify
+                self.artifacts, self.config, self.loaded, self.tokens, role, notify=self.notify, progress=progress
             )
         return self._references[role]
 
