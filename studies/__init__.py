@@ -71,6 +71,8 @@ _LAZY: dict[str, str] = {
     "evaluate_uniform": "studies._adhoc",
     "open_adhoc_session": "studies._adhoc",
     "save_calibration": "studies._adhoc",
+    "LoggedProgress": "studies._progress",
+    "study_progress": "studies._progress",
     "DemoResult": "studies._demo",
     "demo_config": "studies._demo",
     "run_demo": "studies._demo",

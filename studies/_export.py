@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,22 +196,33 @@ def export_point(
     under the sparse model, measure it, and build its lookup (with quantile tables for a frontier point)."""
     config = session.config
     label = f"Target {target:g}: " if frontier else ""
+    roles = [role for role in ("heldout", "ood") if role in session.tokens.sets]
+    # one step per candidate, the calibration, each role's measurement and the search pool's
+    done = _export_steps(session, f"{label}Export", len(trials) + len(roles) + 2)
     session.notify(f"{label}Choosing among {len(trials)} candidate(s) by validation {config.search.objective}")
-    candidates = [evaluate_candidate(session, trial) for trial in trials]
+    candidates = [done(evaluate_candidate(session, trial)) for trial in trials]
     best = min(candidates, key=lambda c: (c.validation.value(config.search.objective), c.trial.number))
     session.notify(f"{label}Calibrating the thresholds of trial {best.trial.number} under the sparse model")
-    calibration, thresholds = exported_thresholds(session, best.vector)
-    report = {
-        role: measure(session, best.vector, thresholds, role)
-        for role in ("heldout", "ood")
-        if role in session.tokens.sets
-    }
+    calibration, thresholds = done(exported_thresholds(session, best.vector))
+    report = {role: done(measure(session, best.vector, thresholds, role)) for role in roles}
     pool = session.rungs_order()[:_SEARCH_MEASURE_SEQUENCES]
-    search = session.evaluate(best.vector, "search", index=pool, rule="threshold", thresholds=thresholds)
+    search = done(session.evaluate(best.vector, "search", index=pool, rule="threshold", thresholds=thresholds))
     table = calibration.threshold_table(QUANTILE_LEVELS) if frontier else None
     lookup = _lookup_document(session, best, thresholds, calibration, report, search, len(candidates), target, table)
     site_sparsities = session.sparse_model.site_sparsities(best.vector)
     return ExportedPoint(best, len(candidates), calibration, report, search, lookup, site_sparsities)
+
+
+def _export_steps(session: StudySession, label: str, steps: int) -> Callable[[Any], Any]:
+    """``done(result)``: counts one finished export step on the session's progress display, passes ``result``."""
+    advance = session.progress(label, steps) if session.progress is not None else None
+
+    def done(result: Any) -> Any:
+        if advance is not None:
+            advance(1)
+        return result
+
+    return done
 
 
 def _write_point_files(session: StudySession, directory: Path, point: ExportedPoint) -> None:

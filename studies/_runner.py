@@ -281,8 +281,19 @@ class TrialObjective:
     def _evaluate(self, number: int, vector: Any, index: torch.Tensor | None, *, role: str = "search") -> Any:
         """``vector`` on the role's sequences ``index`` (all of them: None); every batch is a safe point for
         an interrupt, in the dense reference's pass too when this trial is the one that computes it."""
-        check = self.interrupts.check
-        self.session.reference(role, progress=lambda _label, _total: lambda _n: check())
+        check, shown = self.interrupts.check, self.session.progress
+
+        def checked(label: str, total: int) -> Callable[[int], None]:
+            advance = shown(label, total) if shown is not None else None
+
+            def step(n: int) -> None:
+                if advance is not None:
+                    advance(n)
+                check()
+
+            return step
+
+        self.session.reference(role, progress=checked)
         advance = self.reporter.trial_started(number, int(index.numel())) if index is not None else lambda _n: None
         done = [0]
 

@@ -118,6 +118,7 @@ class StudySession:
     sparse_model: SparseModel
     objective: Objective
     notify: Notify = lambda message: None
+    progress: Progress | None = None  # long steps' progress (the display's ``bar(label, total)``), if shown
     _references: dict[str, DenseReference] = field(default_factory=dict, repr=False)
 
     @property
@@ -151,10 +152,16 @@ class StudySession:
 
     def reference(self, role: str, progress: Progress | None = None) -> DenseReference:
         """The dense model's top-k distributions on a role's tokens: stored once, shared by every worker;
-        ``progress`` follows the dense pass when this call computes it."""
+        ``progress`` (default: the session's) follows the dense pass when this call computes it."""
         if role not in self._references:
             self._references[role] = reference_for(
-                self.artifacts, self.config, self.loaded, self.tokens, role, notify=self.notify, progress=progress
+                self.artifacts,
+                self.config,
+                self.loaded,
+                self.tokens,
+                role,
+                notify=self.notify,
+                progress=progress or self.progress,
             )
         return self._references[role]
 
@@ -461,4 +468,5 @@ def open_session(
         sparse_model=sparse_model,
         objective=objective,
         notify=notify,
+        progress=progress,
     )

@@ -555,8 +555,8 @@ def study_export(name: str, out: Path, storage: str | None) -> None:
     check_export_target(out)  # refuse a bad target before loading anything
     database = _database(storage)
     config = load_study_config(database, name)
-    with stderr_console.status("Preparing the export …"):
-        session = open_session(database, config)
+    with _progress() as bar:
+        session = open_session(database, config, notify=stderr_console.print, progress=bar)
         result = export_study(session, out)
     if isinstance(result, FrontierExportResult):
         _print_frontier_export(name, result)

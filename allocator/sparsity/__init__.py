@@ -18,6 +18,9 @@ _LAZY: dict[str, str] = {
     "GreedySplit": "allocator.sparsity._greedy",
     "GreedyTable": "allocator.sparsity._greedy",
     "build_greedy_table": "allocator.sparsity._greedy",
+    "teal_step": "allocator.sparsity._greedy",
+    "GREEDY_METHODS": "allocator.sparsity._greedy",
+    "ERROR_NORMS": "allocator.sparsity._greedy_blocks",
     "capture_block_inputs": "allocator.sparsity._blocks",
     "ScoreHistogram": "allocator.sparsity._histogram",
     "key_counts": "allocator.sparsity._histogram",
@@ -30,6 +33,7 @@ _LAZY: dict[str, str] = {
     "RULES": "allocator.sparsity._sparsifier",
     "Sparsifiers": "allocator.sparsity._sparsifier",
     "calibrate_allocation": "allocator.sparsity._thresholds",
+    "CALIBRATION_METHODS": "allocator.sparsity._thresholds",
 }
 
 __all__ = sorted(_LAZY)

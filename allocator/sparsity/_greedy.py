@@ -3,8 +3,8 @@
 Per block, starting from all sites dense, each step raises one site's sparsity by ``step · W / w_site``
 (``W`` the block's total site weight), so every candidate raises the block's effective (site-weighted)
 sparsity by the same ``step``; the candidate whose block output moves least from the dense output is kept.
-TEAL evaluates the seven candidates one after another; we stack them along the batch dimension and run
-the block once per step, each slice of the batch sparsified with its own thresholds.
+TEAL evaluates the seven candidates one after another, each a whole-block forward; we compute each from
+the site it changes onward, on the rows its error reads (:mod:`allocator.sparsity._greedy_blocks`).
 
 The result is a table per block: rows of effective sparsity (increasing, from 0) with the per-site
 sparsities of the greedy path. A block's target between two rows is met exactly by interpolating the
@@ -25,8 +25,16 @@ import torch
 
 from allocator.errors import InputError
 from allocator.model import SITE_NAMES, ModelAdapter
-from allocator.sparsity._blocks import block_output, capture_block_inputs
+from allocator.sparsity._blocks import capture_block_inputs
 from allocator.sparsity._calibration import Calibration
+from allocator.sparsity._greedy_blocks import (
+    ERROR_NORMS,
+    CandidateSparsifiers,
+    FastBlock,
+    NaiveBlock,
+    StackedBlock,
+    has_llama_layout,
+)
 
 GREEDY_FORMAT = "sparsealloc.greedy/v1"
 
@@ -126,121 +134,107 @@ class GreedySplit:
         return self.table.site_sparsities(block_sparsities)
 
 
-class _CandidateSparsifiers:
-    """Hooks on one block's sites that sparsify slice k of a stacked ``(K*B) x T x C`` batch with thresholds k."""
-
-    def __init__(self, adapter: ModelAdapter, calibration: Calibration, block: int, sparsify_fraction: float):
-        self.sites = adapter.sites[block]
-        self.histograms = calibration.histograms[block]
-        self.sparsify_fraction = sparsify_fraction
-        self.scales = []
-        for site in self.sites:
-            norms = calibration.score.channel_norms(site.module)
-            self.scales.append(None if norms is None else torch.where(norms > 0, 1.0 / norms, torch.inf))
-        self.thresholds: list[torch.Tensor] = []
-        self.n_candidates = 1
-
-    def set_candidates(self, site_sparsities: torch.Tensor) -> None:
-        """``K x 7`` per-site sparsities, one row per candidate."""
-        self.n_candidates = site_sparsities.shape[0]
-        self.thresholds = []
-        for i, (hist, scale) in enumerate(zip(self.histograms, self.scales, strict=True)):
-            values = hist.thresholds(site_sparsities[:, i])  # (K,) in score units
-            if scale is None:
-                self.thresholds.append(values.float().view(-1, 1, 1, 1))  # (K, 1, 1, 1)
-            else:
-                self.thresholds.append(
-                    (values[:, None] * scale.double()[None, :]).float().view(-1, 1, 1, scale.numel())
-                )
-
-    def install(self) -> list[Any]:
-        return [site.module.register_forward_pre_hook(self._hook(i)) for i, site in enumerate(self.sites)]
-
-    def _hook(self, index: int) -> Callable[..., Any]:
-        def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-            x = args[0]  # (K*B, T, C)
-            k = self.n_candidates
-            stacked = x.reshape(k, -1, x.shape[-2], x.shape[-1])  # (K, B, T, C)
-            threshold = self.thresholds[index].to(device=x.device)
-            keep = torch.sign(stacked.abs() - threshold).clamp_(min=0)
-            n_tokens = x.shape[-2]
-            if self.sparsify_fraction < 1.0 and n_tokens > 1:
-                keep[..., : n_tokens - int(self.sparsify_fraction * n_tokens), :] = 1.0
-            return ((stacked * keep).reshape(x.shape), *args[1:])
-
-        return hook
+GREEDY_METHODS: tuple[str, ...] = ("fast", "stacked", "naive")
+"""How a step's candidates are scored (:mod:`allocator.sparsity._greedy_blocks`); the same errors every way."""
 
 
-def _stack(value: Any, batch: int, copies: int) -> Any:
-    """Repeat a captured input ``copies`` times along the batch when it is per-sequence (leading dim ``batch``)."""
-    if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == batch and batch > 1:
-        return value.repeat(copies, *([1] * (value.dim() - 1)))
-    if isinstance(value, tuple):
-        return tuple(_stack(v, batch, copies) for v in value)
-    return value
+def teal_step(weights: torch.Tensor) -> float:
+    """TEAL's step rule as an effective-sparsity step: each step raises a site by ``0.05 / w_site`` with the
+    weights relative to q's, so the block's effective sparsity rises by ``0.05 · w_q / W``."""
+    weights = torch.as_tensor(weights, dtype=torch.float64)
+    return float(0.05 * weights[0] / weights.sum())
 
 
-def _stacked_output(layer: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], copies: int) -> torch.Tensor:
-    """The block's output on ``copies`` stacked copies of its inputs (each sparsified by its own candidate)."""
-    hidden = args[0]  # (B, T, C)
-    batch = hidden.shape[0]
-    stacked_args = (hidden.repeat(copies, 1, 1), *args[1:])
-    stacked_kwargs = {key: _stack(value, batch, copies) for key, value in kwargs.items()}
-    output = block_output(layer, stacked_args, stacked_kwargs)
-    return output.reshape(copies, batch, *output.shape[1:])  # (K, B, T, C)
+def _evaluator(method: str, layer: torch.nn.Module, inputs: Any, sparsifiers: Any, **options: Any) -> StackedBlock:
+    if method == "naive":
+        return NaiveBlock(layer, inputs, sparsifiers, **options)
+    if method == "fast" and has_llama_layout(layer):
+        try:
+            return FastBlock(layer, inputs, sparsifiers, **options)
+        except ValueError:
+            pass  # a block the decomposition does not reproduce: the stacked way gives the same errors
+    return StackedBlock(layer, inputs, sparsifiers, **options)
 
 
-@dataclass
-class _Block:
-    """One block during the greedy search: its captured inputs, dense output and candidate sparsifiers."""
-
-    layer: torch.nn.Module
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    dense: torch.Tensor  # (B, T, C)
-    sparsifiers: _CandidateSparsifiers
-    weights: torch.Tensor  # (7,) site weights
-
-    def errors(self, candidates: torch.Tensor) -> torch.Tensor:
-        """Block-output mean squared error against the dense output of each row of a ``K x 7`` split."""
-        self.sparsifiers.set_candidates(candidates)
-        output = _stacked_output(self.layer, self.args, self.kwargs, candidates.shape[0])  # (K, B, T, C)
-        return (output - self.dense).pow(2).mean(dim=(1, 2, 3)).double()  # (K,)
-
-    def greedy_path(self, *, step: float, max_sparsity: float, site_max: float) -> tuple[torch.Tensor, list[float]]:
-        """TEAL's greedy path: ``n_rows x 7`` site splits from all-dense, and their errors."""
-        w, total = self.weights, self.weights.sum()
-        site_step = step * total / w  # (7,) raising site i by this raises the effective sparsity by `step`
-        current = torch.zeros(len(SITE_NAMES), dtype=torch.float64)
-        rows, errors = [current.clone()], [0.0]
-        while float((current * w).sum() / total) < max_sparsity - 1e-9:
-            open_sites = [i for i in range(len(SITE_NAMES)) if current[i] < site_max - 1e-12]
-            if not open_sites:
-                break
-            candidates = current.repeat(len(open_sites), 1)  # (K, 7)
-            for k, i in enumerate(open_sites):
-                candidates[k, i] = min(float(current[i] + site_step[i]), site_max)
-            mse = self.errors(candidates)
-            gained = (candidates * w).sum(dim=1) / total - (current * w).sum() / total  # (K,)
-            best = int(torch.argmin((mse - errors[-1]) / gained))  # least error growth per unit of sparsity
-            current = candidates[best]
-            rows.append(current.clone())
-            errors.append(float(mse[best]))
-        return torch.stack(rows), errors
-
-    def uniform_errors(self, effective: torch.Tensor) -> torch.Tensor:
-        """The uniform split's error at each effective sparsity (TEAL's "Baseline Error" column)."""
-        uniform = effective.unsqueeze(1).expand(-1, len(SITE_NAMES))
-        return torch.cat([self.errors(uniform[start : start + 8]) for start in range(0, uniform.shape[0], 8)])
+def greedy_path(
+    block: StackedBlock, weights: torch.Tensor, *, step: float, max_sparsity: float, site_max: float
+) -> tuple[torch.Tensor, list[float]]:
+    """TEAL's greedy path for one block: ``n_rows x 7`` site splits from all-dense, and their errors."""
+    w, total = weights, weights.sum()
+    site_step = step * total / w  # (7,) raising site i by this raises the effective sparsity by `step`
+    current = torch.zeros(len(SITE_NAMES), dtype=torch.float64)
+    rows, errors = [current.clone()], [0.0]
+    while float((current * w).sum() / total) < max_sparsity - 1e-9:
+        open_sites = [i for i in range(len(SITE_NAMES)) if current[i] < site_max - 1e-12]
+        if not open_sites:
+            break
+        candidates = current.repeat(len(open_sites), 1)  # (K, 7)
+        for k, i in enumerate(open_sites):
+            candidates[k, i] = min(float(current[i] + site_step[i]), site_max)
+        error = block.step_errors(current, candidates, open_sites)
+        gained = (candidates * w).sum(dim=1) / total - (current * w).sum() / total  # (K,)
+        best = int(torch.argmin((error - errors[-1]) / gained))  # least error growth per unit of sparsity
+        current = candidates[best]
+        rows.append(current.clone())
+        errors.append(float(error[best]))
+    return torch.stack(rows), errors
 
 
-def _check_settings(step: float, max_sparsity: float, site_max: float) -> None:
+def uniform_errors(block: StackedBlock, effective: torch.Tensor) -> torch.Tensor:
+    """The uniform split's error at each effective sparsity (TEAL's "Baseline Error" column)."""
+    uniform = effective.unsqueeze(1).expand(-1, len(SITE_NAMES))
+    return torch.cat([block.errors(uniform[start : start + 8]) for start in range(0, uniform.shape[0], 8)])
+
+
+def _block_rows(block: StackedBlock, weights: torch.Tensor, path: dict[str, float]) -> dict[str, torch.Tensor]:
+    """One block's table columns: its greedy path, the path's errors and the uniform split's."""
+    sites, errors = greedy_path(block, weights, **path)
+    effective = (sites * weights).sum(dim=1) / weights.sum()
+    return {
+        "effective": effective,
+        "sites": sites,
+        "error": torch.tensor(errors, dtype=torch.float64),
+        "baseline_error": uniform_errors(block, effective),
+    }
+
+
+def _settings(
+    step: float,
+    max_sparsity: float,
+    site_max: float,
+    sparsify_fraction: float,
+    options: dict[str, Any],
+    tokens: torch.Tensor,
+    calibration: Calibration,
+) -> dict[str, Any]:
+    """What a table was built with, stored beside it (the default error keeps the keys older tables carry)."""
+    settings = {
+        "step": step,
+        "max_sparsity": max_sparsity,
+        "site_max": site_max,
+        "sparsify_fraction": sparsify_fraction,
+        "tokens": int(tokens.numel()),
+        "seq_len": int(tokens.shape[1]),
+        "seconds": 0.0,
+        "score": calibration.score.describe(),
+    }
+    if (options["error_positions"], options["norm"]) != (1.0, "mse"):
+        settings.update(error_positions=options["error_positions"], error_norm=options["norm"])
+    return settings
+
+
+def _check_settings(step: float, max_sparsity: float, site_max: float, options: dict[str, Any]) -> None:
     if not 0 < step <= 0.5:
         raise InputError(f"The value of `step` should be in (0, 0.5], got {step}.")
     if not 0 < max_sparsity < 1:
         raise InputError(f"The value of `max_sparsity` should be in (0, 1), got {max_sparsity}.")
     if not max_sparsity <= site_max < 1:
         raise InputError(f"The value of `site_max` should be in [max_sparsity, 1), got {site_max}.")
+    if not 0 < options["error_positions"] <= 1:
+        raise InputError(f"The value of `error_positions` should be in (0, 1], got {options['error_positions']}.")
+    if options["norm"] not in ERROR_NORMS:
+        names = ", ".join(ERROR_NORMS)
+        raise InputError(f"The value of `error_norm` should be one of {names}, got {options['norm']!r}.")
 
 
 @torch.no_grad()
@@ -253,49 +247,46 @@ def build_greedy_table(
     max_sparsity: float = 0.9,
     site_max: float = 0.99,
     sparsify_fraction: float = 1.0,
+    error_positions: float = 1.0,
+    error_norm: str = "mse",
+    method: str = "fast",
+    blocks: list[int] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> GreedyTable:
     """Greedy site splits of every block, from the dense block inputs of ``tokens`` (``n x seq_len``).
 
-    ``step`` is the effective-sparsity increment of one greedy step; the path stops once the block's
-    effective sparsity reaches ``max_sparsity`` (each site is capped at ``site_max``). ``progress`` is
-    called with 1 after each block.
+    ``step`` is the effective-sparsity increment of one greedy step (TEAL's rule: :func:`teal_step`); the path
+    stops once the block's effective sparsity reaches ``max_sparsity`` (each site is capped at ``site_max``).
+    A step's error is read on the last ``error_positions`` of each sequence (TEAL: 0.25) with ``error_norm``
+    (``mse``, or TEAL's ``l2``); ``method`` only says how it is computed (:data:`GREEDY_METHODS`: the same errors).
+    ``blocks`` limits the table to those blocks (for timing); ``progress`` is called with 1 after each block.
     """
-    _check_settings(step, max_sparsity, site_max)
+    options = {"error_positions": error_positions, "norm": error_norm}
+    _check_settings(step, max_sparsity, site_max, options)
+    if method not in GREEDY_METHODS:
+        raise InputError(f"The value of `method` should be one of {', '.join(GREEDY_METHODS)}, got {method!r}.")
     started = time.perf_counter()
     adapter.model.eval()
     inputs = capture_block_inputs(adapter, tokens)
     weights = adapter.site_weights()  # (n_blocks, 7)
     table: dict[str, list[torch.Tensor]] = {"effective": [], "sites": [], "error": [], "baseline_error": []}
+    path = {"step": step, "max_sparsity": max_sparsity, "site_max": site_max}
     for b, layer in enumerate(adapter.layers):
-        args, kwargs = inputs[b]
-        dense = _stacked_output(layer, args, kwargs, 1)[0]  # (B, T, C), before any hook is installed
-        sparsifiers = _CandidateSparsifiers(adapter, calibration, b, sparsify_fraction)
+        if blocks is not None and b not in blocks:
+            continue
+        sparsifiers = CandidateSparsifiers(adapter, calibration, b, sparsify_fraction)
         handles = sparsifiers.install()
         try:
-            block = _Block(layer, args, kwargs, dense, sparsifiers, weights[b])
-            sites, errors = block.greedy_path(step=step, max_sparsity=max_sparsity, site_max=site_max)
-            effective = (sites * block.weights).sum(dim=1) / block.weights.sum()
-            baseline = block.uniform_errors(effective)
+            block = _evaluator(method, layer, inputs[b], sparsifiers, **options)
+            for name, column in _block_rows(block, weights[b], path).items():
+                table[name].append(column)
         finally:
             for handle in handles:
                 handle.remove()
-        table["effective"].append(effective)
-        table["sites"].append(sites)
-        table["error"].append(torch.tensor(errors, dtype=torch.float64))
-        table["baseline_error"].append(baseline)
         if progress is not None:
             progress(1)
-    settings = {
-        "step": step,
-        "max_sparsity": max_sparsity,
-        "site_max": site_max,
-        "sparsify_fraction": sparsify_fraction,
-        "tokens": int(tokens.numel()),
-        "seq_len": int(tokens.shape[1]),
-        "seconds": time.perf_counter() - started,
-        "score": calibration.score.describe(),
-    }
+    settings = _settings(step, max_sparsity, site_max, sparsify_fraction, options, tokens, calibration)
+    settings["seconds"] = time.perf_counter() - started
     return GreedyTable(
         effective=tuple(table["effective"]),
         sites=tuple(table["sites"]),

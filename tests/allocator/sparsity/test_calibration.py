@@ -62,3 +62,25 @@ def test_out_of_range_site_sparsity_is_refused(prepared):
     calibration = calibrate(loaded.adapter, split.calibration)
     with pytest.raises(ValueError, match=r"in \[0, 1\)"):
         calibration.thresholds(torch.full((loaded.adapter.n_blocks, 7), 1.0))
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "qwen3", "mistral"])
+@pytest.mark.parametrize("score", ["magnitude", "weight_aware"])
+def test_calibration_under_the_sparse_model_is_the_same_in_one_pass_and_per_group(tmp_path, architecture, score):
+    from allocator import SparseModel, calibrate_allocation
+    from allocator.testing.tiny import build_tiny_model_dir
+
+    loaded = load_model(build_tiny_model_dir(tmp_path / architecture, architecture, n_layers=3))
+    sets = make_token_sets(load_text("pydoc"), loaded.tokenizer, seq_len=24, counts={"calibration": 7})
+    sparse_model = SparseModel(loaded.adapter, calibrate(loaded.adapter, sets.calibration, score=Score(score)))
+    allocation = torch.tensor([0.3, 0.6, 0.45], dtype=torch.float64)
+    one_pass, per_group = (
+        calibrate_allocation(sparse_model, allocation, sets.calibration, batch_size=3, method=method)
+        for method in ("one_pass", "per_group")
+    )
+    sites = sparse_model.site_sparsities(allocation)
+    for b in range(loaded.adapter.n_blocks):
+        for i in range(7):
+            one = one_pass.histograms[b][i].thresholds(sites[b, i : i + 1])
+            other = per_group.histograms[b][i].thresholds(sites[b, i : i + 1])
+            assert torch.allclose(one, other, rtol=1e-6), (b, i)

@@ -98,3 +98,58 @@ def test_bad_settings_are_refused(built):
         build_greedy_table(loaded.adapter, calibration, split.calibration[:1], step=0.0)
     with pytest.raises(InputError, match="`max_sparsity`"):
         build_greedy_table(loaded.adapter, calibration, split.calibration[:1], max_sparsity=1.0)
+
+
+# -- the fast greedy path gives TEAL's tables ------------------------------------------------------------------
+def _tables_agree(one: GreedyTable, other: GreedyTable) -> None:
+    assert one.n_blocks == other.n_blocks
+    for b in range(one.n_blocks):
+        assert torch.equal(one.sites[b], other.sites[b]), f"block {b} took another path"
+        assert torch.allclose(one.error[b], other.error[b], rtol=1e-4, atol=1e-9)
+        assert torch.allclose(one.baseline_error[b], other.baseline_error[b], rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "qwen3", "mistral"])
+@pytest.mark.parametrize(
+    "protocol",
+    [
+        {"error_positions": 1.0, "error_norm": "mse"},
+        {"error_positions": 0.25, "error_norm": "l2"},
+        {"error_positions": 0.25, "error_norm": "l2", "sparsify_fraction": 0.5},
+    ],
+    ids=["default", "teal", "teal-half-sparsified"],
+)
+def test_fast_stacked_and_one_forward_per_candidate_give_the_same_table(tmp_path, architecture, protocol):
+    from allocator.testing.tiny import build_tiny_model_dir
+
+    loaded = load_model(build_tiny_model_dir(tmp_path / architecture, architecture, n_layers=2))
+    split = make_token_sets(load_text("pydoc"), loaded.tokenizer, seq_len=32, counts={"calibration": 4})
+    calibration = calibrate(loaded.adapter, split.calibration)
+    tables = {
+        method: build_greedy_table(
+            loaded.adapter, calibration, split.calibration[:3], step=0.04, max_sparsity=0.8, method=method, **protocol
+        )
+        for method in ("naive", "stacked", "fast")
+    }
+    _tables_agree(tables["naive"], tables["stacked"])
+    _tables_agree(tables["naive"], tables["fast"])
+
+
+def test_teal_step_raises_a_site_by_005_over_its_weight_relative_to_q(built):
+    from allocator.sparsity import teal_step
+
+    loaded, _, _, _ = built
+    weights = loaded.adapter.site_weights()[0]
+    step = teal_step(weights)
+    site_step = step * weights.sum() / weights  # what one greedy step raises each site by
+    assert torch.allclose(site_step, 0.05 * weights[0] / weights)
+
+
+def test_bad_error_settings_are_refused(built):
+    loaded, split, calibration, _ = built
+    with pytest.raises(InputError, match="error_positions"):
+        build_greedy_table(loaded.adapter, calibration, split.calibration[:1], error_positions=0.0)
+    with pytest.raises(InputError, match="error_norm"):
+        build_greedy_table(loaded.adapter, calibration, split.calibration[:1], error_norm="max")
+    with pytest.raises(InputError, match="method"):
+        build_greedy_table(loaded.adapter, calibration, split.calibration[:1], method="quick")
