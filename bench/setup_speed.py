@@ -8,6 +8,9 @@ Two measurements, each in one run (ratios, not absolute times, are what compares
   ``--ratio-max-sparsity`` is built twice: one whole-block forward per candidate (``naive``, as TEAL does)
   and ``fast``; the tables must be the same, and the ratio is the goal (>= 20x). The whole model's time at
   the reference protocol (to 0.9) is extrapolated from the fast path's seconds per step (goal <= 30 min).
+* **Passes**: threshold calibration under the sparse model (an allocation graded 0.4-0.7 over depth) in one
+  pass and per group, over one dense body pass on the same 64 x 256 calibration tokens (goal <= 1.5x); the
+  dense reference (top-64 log-probabilities) over one dense forward with logits on the same tokens (<= 1.3x).
 * **The default settings** (a study's: step 0.025, ``--default-sequences`` x 256 tokens, mean squared error
   on every position, every block to 0.9): today's stacked evaluation and the fast one, each over one dense
   body pass on the same tokens (goal <= 50x).
@@ -28,7 +31,16 @@ if str(Path(__file__).parents[1]) not in sys.path:  # run as ``python bench/setu
 
 import torch
 
-from allocator import build_greedy_table, calibrate, load_model, load_text, make_token_sets
+from allocator import (
+    SparseModel,
+    build_greedy_table,
+    calibrate,
+    calibrate_allocation,
+    compute_reference,
+    load_model,
+    load_text,
+    make_token_sets,
+)
 from allocator.sparsity import teal_step
 from bench._common import RESULTS, machine, results_name, write_results
 from bench._timing import dense_body_seconds
@@ -45,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ratio-blocks", type=int, nargs="+", default=[0])
     parser.add_argument("--ratio-max-sparsity", type=float, default=0.05)
     parser.add_argument("--default-sequences", type=int, default=4)
+    parser.add_argument("--pass-sequences", type=int, default=64)
     parser.add_argument("--skip-default", action="store_true", help="Measure TEAL's protocol only.")
     parser.add_argument("--out", type=Path, default=RESULTS)
     return parser
@@ -96,6 +109,43 @@ def _teal(loaded: Any, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+@torch.no_grad()
+def _forward_seconds(adapter: Any, tokens: torch.Tensor, batch_size: int = 8, head_chunk: int = 1024) -> float:
+    """One dense forward with logits (body, then the head in chunks, as the reference runs it)."""
+    started = time.perf_counter()
+    for start in range(0, tokens.shape[0], batch_size):
+        hidden = adapter.body(input_ids=tokens[start : start + batch_size], use_cache=False).last_hidden_state
+        flat = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+        for offset in range(0, flat.shape[0], head_chunk):
+            adapter.head(flat[offset : offset + head_chunk])
+    return time.perf_counter() - started
+
+
+def _passes(loaded: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Sparse-model calibration and the dense reference, each over the dense pass it is measured against."""
+    split = make_token_sets(
+        load_text("pydoc"), loaded.tokenizer, seq_len=256, counts={"calibration": args.pass_sequences}
+    )
+    tokens = split.calibration
+    sparse_model = SparseModel(loaded.adapter, calibrate(loaded.adapter, tokens))
+    allocation = torch.linspace(0.4, 0.7, loaded.adapter.n_blocks, dtype=torch.float64)
+    seconds = {"body": dense_body_seconds(loaded.adapter, tokens)}
+    for method in ("one_pass", "per_group"):
+        started = time.perf_counter()
+        calibrate_allocation(sparse_model, allocation, tokens, method=method)
+        seconds[method] = time.perf_counter() - started
+    seconds["forward"] = _forward_seconds(loaded.adapter, tokens)
+    seconds["reference"] = compute_reference(loaded.adapter, tokens).seconds
+    print(f"passes: {seconds}", flush=True)
+    return {
+        "tokens": int(tokens.numel()),
+        "seconds": seconds,
+        "calibration_one_pass_over_body": seconds["one_pass"] / seconds["body"],
+        "calibration_per_group_over_body": seconds["per_group"] / seconds["body"],
+        "reference_over_forward": seconds["reference"] / seconds["forward"],
+    }
+
+
 def _default(loaded: Any, args: argparse.Namespace) -> dict[str, Any]:
     """A default study's tables: stacked (before) and fast, each over one dense body pass on the same tokens."""
     split = make_token_sets(load_text("pydoc"), loaded.tokenizer, seq_len=256, counts={"calibration": 64})
@@ -125,7 +175,7 @@ def _goal(met: bool) -> str:
 
 def _markdown(result: dict[str, Any]) -> str:
     """The report: each figure beside its goal."""
-    teal = result["teal"]
+    teal, passes = result["teal"], result["passes"]
     lines = [
         "# Setup speed: greedy split tables on SmolLM2-135M",
         "",
@@ -143,6 +193,14 @@ def _markdown(result: dict[str, Any]) -> str:
         f"| TEAL protocol, whole model to 0.9 (extrapolated from the fast steps) | "
         f"{teal['whole_model_minutes_extrapolated']:.0f} min = {teal['whole_model_over_dense_pass']:.0f}x a dense "
         f"pass | <= 30 min | {_goal(teal['whole_model_minutes_extrapolated'] <= 30)} |",
+    ]
+    lines += [
+        f"| sparse-model calibration, one pass ({passes['tokens']:,} tokens) | "
+        f"{passes['calibration_one_pass_over_body']:.2f}x a dense body pass (per group: "
+        f"{passes['calibration_per_group_over_body']:.2f}x) | <= 1.5x | "
+        f"{_goal(passes['calibration_one_pass_over_body'] <= 1.5)} |",
+        f"| dense reference (top 64) | {passes['reference_over_forward']:.2f}x a dense forward with logits | <= 1.3x | "
+        f"{_goal(passes['reference_over_forward'] <= 1.3)} |",
     ]
     default = result.get("default")
     if default is not None:
@@ -166,16 +224,16 @@ def _markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    """Measure TEAL's protocol and the default settings; write setup_speed{,_quick}.{json,md}."""
+    """Measure the passes, TEAL's protocol and the default settings; write setup_speed{,_quick}.{json,md}."""
     args = build_parser().parse_args()
     if args.quick:
         args.teal_sequences, args.teal_seq_len, args.ratio_max_sparsity, args.default_sequences = 1, 256, 0.02, 1
+        args.pass_sequences = 8
     torch.manual_seed(0)
     loaded = load_model("smollm2-135m")
-    result: dict[str, Any] = {
-        "machine": machine("platform", "cpus", "torch_threads", "torch"),
-        "teal": _teal(loaded, args),
-    }
+    result: dict[str, Any] = {"machine": machine("platform", "cpus", "torch_threads", "torch")}
+    result["passes"] = _passes(loaded, args)
+    result["teal"] = _teal(loaded, args)
     if not args.skip_default:
         result["default"] = _default(loaded, args)
     write_results(args.out, results_name("setup_speed", args.quick), result, _markdown(result))

@@ -147,9 +147,10 @@ def compute_reference(
         flat = hidden.reshape(-1, hidden.shape[-1])
         chunks = []
         for offset in range(0, flat.shape[0], head_chunk):
-            logprobs = F.log_softmax(adapter.head(flat[offset : offset + head_chunk]).float(), dim=-1)  # (N, V)
-            top = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
-            chunks.append((top.values, top.indices))
+            logits = adapter.head(flat[offset : offset + head_chunk]).float()  # (N, V)
+            top = logits.topk(min(k, logits.shape[-1]), dim=-1)
+            # log-probabilities of the top k alone: one logsumexp, not a log-softmax over the vocabulary
+            chunks.append((top.values - torch.logsumexp(logits, dim=-1, keepdim=True), top.indices))
         values = torch.cat([c[0] for c in chunks]).reshape(*hidden.shape[:2], -1)
         indices = torch.cat([c[1] for c in chunks]).reshape(*hidden.shape[:2], -1)
         parts.append((values.cpu(), indices.cpu()))

@@ -123,3 +123,14 @@ def test_bad_allocations_and_references_are_refused(setup):
         objective.evaluate(0.5, sets.search[:2], reference=reference)
     with pytest.raises(InputError, match="no dense reference"):
         objective.evaluate(0.5, sets.search).value("kl")
+
+
+def test_the_reference_holds_the_models_own_top_k_log_probabilities(setup):
+    loaded, sets, _, reference = setup
+    batch = sets.search[:3]
+    with torch.no_grad():
+        logprobs = torch.log_softmax(loaded.model(input_ids=batch).logits[:, :-1].float(), dim=-1)
+    top = logprobs.topk(32, dim=-1)
+    values, indices = (r for r in reference.rows(slice(0, 3))[:2])
+    assert torch.equal(indices.long(), top.indices)
+    assert torch.allclose(values.float(), top.values, atol=2e-3, rtol=1e-3)  # stored as float16
