@@ -177,7 +177,7 @@ def _markdown(result: dict[str, Any]) -> str:
     """The report: each figure beside its goal."""
     teal, passes = result["teal"], result["passes"]
     lines = [
-        "# Setup speed: greedy split tables on SmolLM2-135M",
+        "# Setup speed on SmolLM2-135M: greedy split tables, sparse-model calibration, dense reference",
         "",
         "`python bench/setup_speed.py`; " + ", ".join(f"{k} {v}" for k, v in result["machine"].items()) + ".",
         "",
