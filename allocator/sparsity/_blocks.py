@@ -59,3 +59,15 @@ def next_block_inputs(layer: torch.nn.Module, inputs: BlockInputs) -> BlockInput
     """The block's output as the next block's inputs (same keyword inputs: positions, mask)."""
     args, kwargs = inputs
     return (block_output(layer, args, kwargs), *args[1:]), kwargs
+
+
+def has_llama_layout(layer: torch.nn.Module) -> bool:
+    """Whether a block has the modules of Llama's layout that the block-by-block steps call directly:
+    ``self_attn.o_proj``, ``post_attention_layernorm`` and an ``mlp`` with ``gate_proj``, ``up_proj`` and
+    ``down_proj`` (each caller still checks that its steps reproduce the block's own output)."""
+    attention, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+    return (
+        hasattr(attention, "o_proj")
+        and hasattr(layer, "post_attention_layernorm")
+        and all(hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj"))
+    )

@@ -25,7 +25,7 @@ import torch
 
 from allocator.errors import InputError
 from allocator.model import SITE_NAMES, ModelAdapter
-from allocator.sparsity._blocks import capture_block_inputs
+from allocator.sparsity._blocks import capture_block_inputs, has_llama_layout
 from allocator.sparsity._calibration import Calibration
 from allocator.sparsity._greedy_blocks import (
     ERROR_NORMS,
@@ -33,7 +33,6 @@ from allocator.sparsity._greedy_blocks import (
     FastBlock,
     NaiveBlock,
     StackedBlock,
-    has_llama_layout,
 )
 
 GREEDY_FORMAT = "sparsealloc.greedy/v1"

@@ -186,14 +186,9 @@ def _without(sparsifiers: CandidateSparsifiers) -> Any:
         sparsifiers.thresholds, sparsifiers.n_candidates = saved, count
 
 
-def has_llama_layout(layer: torch.nn.Module) -> bool:
-    """Whether the block has the modules :class:`FastBlock` decomposes it into."""
-    attention = getattr(layer, "self_attn", None)
-    return all(hasattr(layer, name) for name in ("post_attention_layernorm", "mlp")) and hasattr(attention, "o_proj")
-
-
 class FastBlock(StackedBlock):
-    """Errors of a greedy step's candidates from the site each touches onward (module docstring).
+    """Errors of a greedy step's candidates from the site each touches onward (module docstring); for blocks
+    with :func:`~allocator.sparsity._blocks.has_llama_layout`.
 
     The decomposition is checked against the whole block on the dense inputs when the block is set up; a
     block it does not reproduce is refused (``ValueError``), and the caller falls back to the stacked way.

@@ -29,7 +29,13 @@ import torch
 
 from allocator.errors import InputError
 from allocator.model import INPUT_GROUPS, SITE_NAMES
-from allocator.sparsity._blocks import BlockInputs, StopForward, capture_block_inputs, next_block_inputs
+from allocator.sparsity._blocks import (
+    BlockInputs,
+    StopForward,
+    capture_block_inputs,
+    has_llama_layout,
+    next_block_inputs,
+)
 from allocator.sparsity._calibration import Calibration
 from allocator.sparsity._histogram import ScoreHistogram, key_counts
 from allocator.sparsity._sparse_model import SparseModel, as_block_vector
@@ -96,21 +102,11 @@ class _OnePassBlock:
     """A Llama-layout block run in the order its groups are calibrated, each step from the kept input of the
     last (module docstring): the o projection's input, then the down projection's, then the block output."""
 
-    def __init__(self, sparse_model: SparseModel, block: int, layer: torch.nn.Module, inputs: list[BlockInputs]):
+    def __init__(self, layer: torch.nn.Module, inputs: list[BlockInputs]) -> None:
         self.layer, self.inputs = layer, inputs
         self.attention: list[torch.Tensor] = []  # the o projection's raw input, per batch
         self.h: list[torch.Tensor] = []  # x + o_proj(attention), per batch
         self.down_inputs: list[torch.Tensor] = []  # act(gate(n)) * up(n), per batch
-
-    @staticmethod
-    def fits(layer: torch.nn.Module) -> bool:
-        """Whether the block has the modules the steps call."""
-        attention, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
-        return (
-            hasattr(attention, "o_proj")
-            and hasattr(layer, "post_attention_layernorm")
-            and all(hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj"))
-        )
 
     def reproduces_the_block(self) -> bool:
         """Whether the steps give the block's own output on the first batch (dense: no thresholds set yet)."""
@@ -204,8 +200,8 @@ def calibrate_allocation(
     with sparsifiers:
         reproduced: dict[type, bool] = {}  # checked on the first block of each class: they share the forward
         for b, layer in enumerate(adapter.layers):
-            fits = method == "one_pass" and _OnePassBlock.fits(layer)
-            steps = _OnePassBlock(sparse_model, b, layer, inputs) if fits else None
+            fits = method == "one_pass" and has_llama_layout(layer)
+            steps = _OnePassBlock(layer, inputs) if fits else None
             if steps is not None and type(layer) not in reproduced:
                 reproduced[type(layer)] = steps.reproduces_the_block()
             if steps is not None and not reproduced[type(layer)]:
