@@ -21,10 +21,11 @@ from allocator.search import trial_attributes as attrs
 from storage import Database
 from studies import (
     StudyConfig,
+    best_candidate,
     build_config,
+    candidate_trials,
     create_study,
     evaluate_candidate,
-    export_candidates,
     exported_thresholds,
     load_optuna_study,
     measure,
@@ -46,16 +47,19 @@ SAMPLERS = (
     "bo",
     "bo-greedy",
     "bo-blend",
+    "bo-search",
 )
 #: The single allocations: one evaluation each, whatever the budget.
 SINGLE = ("uniform", "greedy", "blend-uniform")
 #: Benchmark names that are not a sampler's own name: (sampler, site split). Any other name is that sampler over
-#: the uniform split. ``blend``: half greedy split, half uniform (the config's default blend weight).
+#: the uniform split. ``blend``: half greedy split, half uniform (the config's default blend weight); ``search``:
+#: the study chooses the share, its start points being uniform, blend-uniform and greedy-uniform.
 VARIANTS = {
     "greedy": ("greedy", "greedy"),
     "blend-uniform": ("uniform", "blend"),
     "bo-greedy": ("bo", "greedy"),
     "bo-blend": ("bo", "blend"),
+    "bo-search": ("bo", "search"),
 }
 BASE_BUDGET = 51_200  # today's: 50 evaluations of 1,024 tokens
 #: The held-out corpora every allocation is reported on: pydoc documents no other role used, and parlspeech.
@@ -141,8 +145,9 @@ def run_one(database: Database, config: StudyConfig, dense: dict[str, dict[str, 
     run_study(session)  # returns at once for a study already finished in this database (a rerun)
     study = load_optuna_study(session)
     complete = sorted((t for t in study.get_trials() if t.state == TrialState.COMPLETE), key=lambda t: t.number)
-    candidates = [evaluate_candidate(session, t) for t in export_candidates(study, 3)]
-    best = min(candidates, key=lambda c: (c.validation.kl, c.trial.number))
+    candidates = [evaluate_candidate(session, t) for t in candidate_trials(session, study)]
+    best = best_candidate(candidates, "kl")
+    no_search = best_candidate([c for c in candidates if c.no_search is not None], "kl")
     run: dict[str, Any] = {
         "name": config.name,
         "trials": len(complete),
@@ -155,17 +160,24 @@ def run_one(database: Database, config: StudyConfig, dense: dict[str, dict[str, 
         "search_value": float(best.trial.value),
         "validation_kl": {c.trial.number: c.validation.kl for c in candidates},
         "vector": [float(v) for v in best.vector],
+        "split_share": best.share,
+        "chosen_no_search": best.no_search,
         "promoted": _promotions(complete),
     }
     if thresholds:
-        _, fixed = exported_thresholds(session, best.vector)
+        _, fixed = exported_thresholds(session, best.vector, best.share)
     for role in CORPORA:
         if thresholds:
-            measured = measure(session, best.vector, fixed, role)
+            measured = measure(session, best.vector, fixed, role, best.share)
             run[role] = figures(measured.exact, dense[role])
             run[f"{role}_with_thresholds"] = figures(measured.thresholds, dense[role])
         else:
-            run[role] = figures(session.evaluate(best.vector, role, rule="quantile"), dense[role])
+            run[role] = figures(session.evaluate(best.vector, role, rule="quantile", share=best.share), dense[role])
+    if no_search is not None:  # the study's own yardstick: its best no-search allocation by validation, held out
+        run["best_no_search"] = {"name": no_search.no_search, "trial": no_search.trial.number}
+        for role in CORPORA:
+            exact = session.evaluate(no_search.vector, role, rule="quantile", share=no_search.share)
+            run["best_no_search"][role] = figures(exact, dense[role])
     run["measure_seconds"] = time.perf_counter() - started
     return run
 

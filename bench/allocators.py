@@ -59,7 +59,7 @@ from bench._protocol import (
 from storage import Database
 from studies import tokens_spent
 
-BO_VARIANTS = ("bo", "bo-greedy", "bo-blend")
+BO_VARIANTS = ("bo", "bo-greedy", "bo-blend", "bo-search")
 REDUCTION_GOAL = 0.25
 #: The settings every part of a merge must share (the data and the search protocol).
 COMPARABLE = (

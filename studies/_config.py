@@ -129,8 +129,27 @@ class GreedyConfig(StrictModel):
     step: float = Field(default=0.025, gt=0, le=0.5, allow_inf_nan=False)
     sequences: int = Field(default=4, ge=1, description="Calibration sequences whose block inputs score the splits.")
     blend: float = Field(
-        default=0.5, ge=0, le=1, allow_inf_nan=False, description="The `blend` split's share of the greedy split."
+        default=0.5,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="The `blend` split's share of the greedy split (of the `search` split: the share searched "
+        "until a start point has a value).",
     )
+    start_shares: list[Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]] = Field(
+        default_factory=lambda: [0.0, 0.5, 1.0],
+        min_length=1,
+        max_length=11,
+        description="The `search` split's no-search start points: the uniform vector at each share of the greedy "
+        "split (0: uniform, 1: TEAL's greedy-uniform); the search continues at the best one's share.",
+    )
+
+    @field_validator("start_shares")
+    @classmethod
+    def _distinct(cls, shares: list[float]) -> list[float]:
+        if len(set(shares)) != len(shares):
+            raise ValueError("a start share is given twice")
+        return shares
 
 
 #: The most targets one frontier study may name (each needs its own uniform baseline and trials).
@@ -176,7 +195,7 @@ class SparsityConfig(StrictModel):
     upper: Fraction | list[Fraction] = 0.9
     score: Literal["magnitude", "weight_aware"] = "magnitude"
     norm: Literal[1, 2] = 1
-    split: Literal["uniform", "greedy", "blend"] = "uniform"
+    split: Literal["uniform", "greedy", "blend", "search"] = "uniform"
     greedy: GreedyConfig = GreedyConfig()
     sparsify_fraction: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False)
 
@@ -294,9 +313,18 @@ class StudyConfig(StrictModel):
             return self
         from allocator.search.samplers import sampler_entry
 
-        required = sampler_entry(self.sampler.name).site_split
-        if required is not None and self.sparsity.split != required:
-            raise ValueError(f"sampler `{self.sampler.name}` needs `sparsity.split: {required}`")
+        entry = sampler_entry(self.sampler.name)
+        if entry.site_split is not None and self.sparsity.split != entry.site_split:
+            raise ValueError(f"sampler `{self.sampler.name}` needs `sparsity.split: {entry.site_split}`")
+        if self.sparsity.split == "search" and not entry.searches_split:
+            raise ValueError(f"sampler `{self.sampler.name}` cannot search the site split (`sparsity.split: search`)")
+        if self.sparsity.split == "search" and self.sparsity.is_frontier:
+            raise ValueError("a frontier study cannot search the site split yet; give one target")
+        if self.sparsity.split == "search" and len(self.sparsity.greedy.start_shares) >= self.trials:
+            raise ValueError(
+                f"`trials` ({self.trials}) leaves no trial for the search after the "
+                f"{len(self.sparsity.greedy.start_shares)} start points of `sparsity.greedy.start_shares`"
+            )
         return self
 
     def canonical(self) -> dict[str, Any]:

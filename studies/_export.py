@@ -2,9 +2,12 @@
 it on held-out text, and write its lookup (lookup.json + TEAL-compatible files) atomically.
 
 Choosing: the candidates are the trials that reached the highest rung of the search (those with the most
-search sequences behind them), best first, at most ``search.validation_candidates`` of them. Each is
-evaluated on the validation tokens at exactly its target sparsity (the ``quantile`` rule), and the lowest
-validation value (the study's objective) is exported. Its thresholds are then calibrated under the sparse
+search sequences behind them), best first, at most ``search.validation_candidates`` of them, and every
+allocation among the trials that needs no search (the start points of a study that searches the split; the
+uniform vector under a fixed split), so the export is never worse on validation than what a user gets without
+the search. Each is evaluated on the validation tokens at exactly its target sparsity (the ``quantile``
+rule), and the lowest validation value (the study's objective) is exported; the best no-search candidate is
+recorded beside it, the yardstick of the search's own gain. Its thresholds are then calibrated under the sparse
 model on the calibration tokens (:func:`allocator.calibrate_allocation`): the thresholds inference uses.
 
 Reporting, for the record only (nothing reported as held-out ever chooses anything): held-out (and
@@ -69,6 +72,8 @@ class Candidate:
     trial: optuna.trial.FrozenTrial
     vector: torch.Tensor
     validation: Evaluation
+    share: float | None = None  # its share of the greedy split (a study that searches the split), else None
+    no_search: str | None = None  # the name of the no-search allocation it is (``uniform``...), else None
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,9 @@ class ExportResult:
     achieved_sparsity: float
     teal_files: bool
     target: float
+    share: float | None = None  # the chosen allocation's share of the greedy split (a split-searching study)
+    chosen_no_search: str | None = None  # the name of the no-search allocation chosen, if the search found no better
+    no_search: Candidate | None = None  # the best no-search candidate by validation, the search's yardstick
 
     @property
     def heldout_perplexity(self) -> float:
@@ -123,6 +131,7 @@ class ExportedPoint:
 
     best: Candidate
     candidates: int
+    no_search: Candidate | None  # the best no-search candidate by validation (None: the study has none)
     calibration: Calibration | None  # dropped (None) once a frontier point's files are written
     report: dict[str, Measured]
     search: Evaluation
@@ -144,6 +153,9 @@ class ExportedPoint:
             achieved_sparsity=self.lookup["achieved_sparsity"],
             teal_files=teal,
             target=float(self.lookup["target_sparsity"]),
+            share=self.best.share,
+            chosen_no_search=self.best.no_search,
+            no_search=self.no_search,
         )
 
 
@@ -167,25 +179,74 @@ def export_candidates(study: optuna.Study, count: int, target: float | None = No
     return sorted(reached, key=lambda t: (rungs(t)[-1], t.number))[:count]
 
 
+def candidate_trials(
+    session: StudySession, study: optuna.Study, target: float | None = None
+) -> list[optuna.trial.FrozenTrial]:
+    """What an export compares on validation: the best trials of the highest rung (:func:`export_candidates`) and
+    every no-search allocation among the trials (:func:`no_search_trials`), so an export is never worse on
+    validation than the allocations that need no search."""
+    target = session.config.sparsity.targets[0] if target is None else target
+    frontier = session.config.sparsity.is_frontier
+    best = export_candidates(study, session.config.search.validation_candidates, target if frontier else None)
+    numbers = {t.number for t in best}
+    return best + [t for t in no_search_trials(session, study, target) if t.number not in numbers]
+
+
+def no_search_trials(session: StudySession, study: optuna.Study, target: float) -> list[optuna.trial.FrozenTrial]:
+    """The finished trials of ``target`` that are allocations needing no search: the start points of a study that
+    searches the split, or the uniform vector under the study's own split (e.g. ``bo``'s first trial)."""
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    complete = attrs.trials_at(complete, target, session.config.sparsity.targets)
+    if session.config.sparsity.split == "search":
+        return [t for t in complete if attrs.no_search_name(t) is not None]
+    uniform = session.space_for(target).uniform_vector()
+    found = [t for t in complete if _is_vector(attrs.evaluated_vector(t, session.space.dim), uniform)]
+    return found[:1]
+
+
+def _is_vector(vector: Any, expected: Any) -> bool:
+    return vector is not None and bool(abs(vector - expected).max() <= 1e-9)
+
+
+def no_search_name(session: StudySession, trial: optuna.trial.FrozenTrial) -> str | None:
+    """The name of the no-search allocation ``trial`` is: its start point's, or the uniform vector under the study's
+    fixed split (``uniform``, TEAL's ``greedy-uniform``, ``blend-uniform``); None for a searched trial."""
+    name = attrs.no_search_name(trial)
+    if name is not None or session.config.sparsity.split == "search":
+        return name
+    target = attrs.target_of(trial, session.config.sparsity.targets)
+    if target is None or not _is_vector(attrs.evaluated_vector(trial), session.space_for(target).uniform_vector()):
+        return None
+    return {"uniform": "uniform", "greedy": "greedy-uniform", "blend": "blend-uniform"}[session.config.sparsity.split]
+
+
 def evaluate_candidate(session: StudySession, trial: optuna.trial.FrozenTrial) -> Candidate:
-    """``trial``'s allocation on the validation tokens, at exactly its target sparsity."""
+    """``trial``'s allocation on the validation tokens, at exactly its target sparsity (at its share of the greedy
+    split, in a study that searches the split)."""
     vector = torch.tensor(attrs.evaluated_vector(trial, session.space.dim), dtype=torch.float64)
-    return Candidate(trial, vector, session.evaluate(vector, "validation", rule="quantile"))
+    share = attrs.trial_split(trial)
+    validation = session.evaluate(vector, "validation", rule="quantile", share=share)
+    return Candidate(trial, vector, validation, share, no_search_name(session, trial))
 
 
-def exported_thresholds(session: StudySession, vector: torch.Tensor) -> tuple[Calibration, torch.Tensor]:
+def exported_thresholds(
+    session: StudySession, vector: torch.Tensor, share: float | None = None
+) -> tuple[Calibration, torch.Tensor]:
     """The calibration of ``vector`` under the sparse model on the calibration tokens, and its thresholds."""
+    sparse_model = session.sparse_model_for(share)
     calibration = calibrate_allocation(
-        session.sparse_model, vector, session.tokens.calibration, batch_size=session.config.evaluation.batch_size
+        sparse_model, vector, session.tokens.calibration, batch_size=session.config.evaluation.batch_size
     )
-    return calibration, calibration.thresholds(session.sparse_model.site_sparsities(vector))
+    return calibration, calibration.thresholds(sparse_model.site_sparsities(vector))
 
 
-def measure(session: StudySession, vector: torch.Tensor, thresholds: torch.Tensor, role: str) -> Measured:
+def measure(
+    session: StudySession, vector: torch.Tensor, thresholds: torch.Tensor, role: str, share: float | None = None
+) -> Measured:
     """``vector`` on a role's tokens: at exactly its target sparsity, and with ``thresholds``."""
     return Measured(
-        exact=session.evaluate(vector, role, rule="quantile"),
-        thresholds=session.evaluate(vector, role, rule="threshold", thresholds=thresholds),
+        exact=session.evaluate(vector, role, rule="quantile", share=share),
+        thresholds=session.evaluate(vector, role, rule="threshold", thresholds=thresholds, share=share),
     )
 
 
@@ -201,16 +262,26 @@ def export_point(
     done = _export_steps(session, f"{label}Export", len(trials) + len(roles) + 2)
     session.notify(f"{label}Choosing among {len(trials)} candidate(s) by validation {config.search.objective}")
     candidates = [done(evaluate_candidate(session, trial)) for trial in trials]
-    best = min(candidates, key=lambda c: (c.validation.value(config.search.objective), c.trial.number))
+    best = best_candidate(candidates, config.search.objective)
+    best_no_search = best_candidate([c for c in candidates if c.no_search is not None], config.search.objective)
     session.notify(f"{label}Calibrating the thresholds of trial {best.trial.number} under the sparse model")
-    calibration, thresholds = done(exported_thresholds(session, best.vector))
-    report = {role: done(measure(session, best.vector, thresholds, role)) for role in roles}
+    calibration, thresholds = done(exported_thresholds(session, best.vector, best.share))
+    report = {role: done(measure(session, best.vector, thresholds, role, best.share)) for role in roles}
     pool = session.rungs_order()[:_SEARCH_MEASURE_SEQUENCES]
-    search = done(session.evaluate(best.vector, "search", index=pool, rule="threshold", thresholds=thresholds))
+    search = done(
+        session.evaluate(best.vector, "search", index=pool, rule="threshold", thresholds=thresholds, share=best.share)
+    )
     table = calibration.threshold_table(QUANTILE_LEVELS) if frontier else None
-    lookup = _lookup_document(session, best, thresholds, calibration, report, search, len(candidates), target, table)
-    site_sparsities = session.sparse_model.site_sparsities(best.vector)
-    return ExportedPoint(best, len(candidates), calibration, report, search, lookup, site_sparsities)
+    lookup = _lookup_document(
+        session, best, best_no_search, thresholds, calibration, report, search, len(candidates), target, table
+    )
+    site_sparsities = session.sparse_model_for(best.share).site_sparsities(best.vector)
+    return ExportedPoint(best, len(candidates), best_no_search, calibration, report, search, lookup, site_sparsities)
+
+
+def best_candidate(candidates: list[Candidate], objective: str) -> Any:
+    """The candidate with the lowest validation value (the lower trial number on a tie); None among none."""
+    return min(candidates, key=lambda c: (c.validation.value(objective), c.trial.number), default=None)
 
 
 def _export_steps(session: StudySession, label: str, steps: int) -> Callable[[Any], Any]:
@@ -245,7 +316,7 @@ def export_study(session: StudySession, out: str | Path) -> ExportResult | Front
     config = session.config
     if config.sparsity.is_frontier:
         return export_frontier(session, out)
-    trials = export_candidates(load_optuna_study(session), config.search.validation_candidates)
+    trials = candidate_trials(session, load_optuna_study(session))
     if not trials:
         raise InputError(f"Study {config.name!r} has no finished trial to export yet; run it first.")
     point = export_point(session, trials, config.sparsity.targets[0])
@@ -269,8 +340,7 @@ def export_frontier(session: StudySession, out: str | Path) -> FrontierExportRes
     target_dir = check_export_target(out)
     config = session.config
     study = load_optuna_study(session)
-    count = config.search.validation_candidates
-    chosen = {target: export_candidates(study, count, target) for target in config.sparsity.targets}
+    chosen = {target: candidate_trials(session, study, target) for target in config.sparsity.targets}
     missing = [f"{target:g}" for target, trials in chosen.items() if not trials]
     if missing:
         raise InputError(
@@ -348,6 +418,16 @@ def _frontier_index(session: StudySession, points: list[ExportedPoint], teal: bo
     )
 
 
+def _candidate_summary(candidate: Candidate) -> dict[str, Any]:
+    """A candidate's name, trial, share and validation figures, as the lookup's provenance records them."""
+    return {
+        "name": candidate.no_search,
+        "trial": candidate.trial.number,
+        "split_share": candidate.share,
+        "validation": _figures(candidate.validation),
+    }
+
+
 def _figures(evaluation: Evaluation) -> dict[str, Any]:
     return {"kl": evaluation.kl, "perplexity": evaluation.perplexity, "measured_sparsity": evaluation.measured_sparsity}
 
@@ -355,6 +435,7 @@ def _figures(evaluation: Evaluation) -> dict[str, Any]:
 def _lookup_document(
     session: StudySession,
     best: Candidate,
+    no_search: Candidate | None,
     thresholds: torch.Tensor,
     calibration: Calibration,
     report: dict[str, Measured],
@@ -373,7 +454,7 @@ def _lookup_document(
         split=config.sparsity.split,
         target=target,
         block_sparsities=best.vector,
-        site_sparsities=session.sparse_model.site_sparsities(best.vector),
+        site_sparsities=session.sparse_model_for(best.share).site_sparsities(best.vector),
         thresholds=thresholds,
         site_weights=session.loaded.adapter.site_weights(),
         calibration={
@@ -392,6 +473,9 @@ def _lookup_document(
             "candidates": candidates,
             "chosen_by": f"validation {config.search.objective}",
             "validation": _figures(best.validation),
+            "split_share": best.share,
+            "no_search": best.no_search,
+            "best_no_search": None if no_search is None else _candidate_summary(no_search),
             "search_with_thresholds": _figures(search),
             **{role: measured.as_dict() for role, measured in report.items()},
             "heldout_perplexity": report["heldout"].thresholds.perplexity,

@@ -139,6 +139,34 @@ class TargetBest:
 
 
 @dataclass(frozen=True)
+class NoSearchBest:
+    """The best trial that needs no search (a start point, or the uniform vector under a fixed split): the yardstick
+    of the search's own gain."""
+
+    name: str
+    trial: int
+    value: float
+
+
+def no_search_best(complete: list[optuna.trial.FrozenTrial], split: str) -> NoSearchBest | None:
+    """The lowest-valued of the ``complete`` trials that need no search: the start points of a study that searches
+    the split, else the uniform vector (named after the study's fixed ``split``)."""
+    fixed = {"uniform": "uniform", "greedy": "greedy-uniform", "blend": "blend-uniform"}.get(split)
+    named = []
+    for trial in complete:
+        vector = attrs.evaluated_vector(trial)
+        name = attrs.no_search_name(trial)
+        if name is None and fixed is not None and vector is not None and float(np.ptp(vector)) <= 1e-9:
+            name = fixed
+        if name is not None and trial.value is not None:
+            named.append((float(trial.value), trial.number, name))
+    if not named:
+        return None
+    value, number, name = min(named)
+    return NoSearchBest(name=name, trial=number, value=value)
+
+
+@dataclass(frozen=True)
 class StudySummary:
     """What ``study status`` and ``study list`` show. For a frontier study (several targets) the ``best_*``
     fields are None (values of different targets never compare) and ``frontier`` holds the best per target."""
@@ -162,6 +190,16 @@ class StudySummary:
     best_measured_sparsity: float | None
     best_vector: tuple[float, ...] | None
     frontier: tuple[TargetBest, ...] = ()
+    best_share: float | None = None  # the best trial's share of the greedy split (a split-searching study)
+    no_search: NoSearchBest | None = None  # the best no-search allocation among the trials (single target)
+
+    @property
+    def search_gain(self) -> float | None:
+        """How much lower the best trial's search value is than the best no-search allocation's, as a share of the
+        latter (0 when a no-search allocation is the best); None without both."""
+        if self.no_search is None or self.best_value is None or self.no_search.value == 0:
+            return None
+        return 1.0 - self.best_value / self.no_search.value
 
     @property
     def target_label(self) -> str:
@@ -209,6 +247,8 @@ def summarize(database: Database, name: str) -> StudySummary:
         best_measured_sparsity=attrs.measured_sparsity(best) if best is not None else None,
         best_vector=tuple(float(x) for x in vector) if vector is not None else None,
         frontier=tuple(_target_best(complete, target) for target in targets) if len(targets) > 1 else (),
+        best_share=attrs.trial_split(best) if best is not None else None,
+        no_search=no_search_best(complete, config.sparsity.split) if len(targets) == 1 else None,
     )
 
 

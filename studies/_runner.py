@@ -46,6 +46,7 @@ from allocator.search import rdb_storage, study_id
 from allocator.search import trial_attributes as attrs
 from allocator.search.samplers import (
     ProposalSampler,
+    SplitSearch,
     TargetsInTurn,
     create_frontier_sampler,
     create_sampler,
@@ -112,6 +113,9 @@ def make_sampler(session: StudySession) -> optuna.samplers.BaseSampler:
         sampler = create_sampler(name, space=session.space, seed=config.seed, **options)
     if isinstance(sampler, ProposalSampler | TargetsInTurn):
         sampler.serialize_with(lambda: session.database.proposal_lock(config.name))
+    if config.sparsity.split == "search":  # the configuration checked that the sampler can (`searches_split`)
+        greedy = config.sparsity.greedy
+        sampler.search_split(SplitSearch(shares=tuple(greedy.start_shares), default=greedy.blend))
     return sampler
 
 
@@ -184,23 +188,25 @@ class TrialObjective:
         session = self.session
         goal = self._target(trial)
         vector = suggest_allocation(trial, session.space_for(goal))
+        share = self._split(trial)
         plan = attrs.selection_plan(self.study, trial)
         if plan is not None:
-            return self._select(trial, plan)
+            return self._select(trial, plan, share)
         search = session.config.search
-        screen = self._evaluate(trial.number, vector, self.rungs[0])
+        screen = self._evaluate(trial.number, vector, self.rungs[0], share=share)
         kl, nll = list(screen.sequence_kl), list(screen.sequence_nll)
         values = [_mean_value(search.objective, kl, nll)]
         own, sizes = list(values), [len(nll)]
         for rung in self.rungs[1:]:
             if not self._promoted(len(values) - 1, values[-1], goal):
                 break
-            more = self._evaluate(trial.number, vector, rung)
+            more = self._evaluate(trial.number, vector, rung, share=share)
             kl, nll = kl + list(more.sequence_kl), nll + list(more.sequence_nll)
             values.append(_mean_value(search.objective, kl, nll))
             own.append(_mean_value(search.objective, list(more.sequence_kl), list(more.sequence_nll)))
             sizes.append(len(more.sequence_nll))
-        target = session.sparse_model.site_sparsities(vector)
+        sparse_model = session.sparse_model_for(share)
+        target = sparse_model.site_sparsities(vector)
         attrs.record_measurements(
             trial,
             {
@@ -208,7 +214,7 @@ class TrialObjective:
                 attrs.PERPLEXITY: screen.perplexity,
                 attrs.MEASURED_SPARSITY: screen.measured_sparsity,
                 attrs.SITE_SPARSITY_ERROR: float((torch.tensor(screen.site_sparsity) - target).abs().max()),
-                attrs.NOMINAL_SPARSITY: session.sparse_model.model_sparsity(vector),
+                attrs.NOMINAL_SPARSITY: sparse_model.model_sparsity(vector),
                 attrs.MEAN_NLL: screen.mean_nll,
                 attrs.RUNG_VALUES: values,
                 attrs.RUNG_OWN_VALUES: own,
@@ -220,10 +226,20 @@ class TrialObjective:
             },
         )
         if session.config.evaluation.heldout == "best" and self._is_new_best(values[0], goal):
-            heldout = self._evaluate(trial.number, vector, None, role="heldout")
+            heldout = self._evaluate(trial.number, vector, None, role="heldout", share=share)
             measured = {attrs.HELDOUT_PERPLEXITY: heldout.perplexity, attrs.HELDOUT_KL: heldout.kl}
             attrs.record_measurements(trial, measured)
         return values[0]
+
+    def _split(self, trial: optuna.Trial) -> float | None:
+        """The share of the greedy split the trial runs at (recorded), in a study that searches the split; else None."""
+        if self.session.config.sparsity.split != "search":
+            return None
+        place = attrs.split_place(self.study, trial)
+        if place is None:  # not placed by a split-searching sampler (an enqueued trial): the default share
+            place = (self.session.config.sparsity.greedy.blend, None)
+        attrs.record_split(trial, *place)
+        return place[0]
 
     def _target(self, trial: optuna.Trial) -> float:
         """The trial's target: given by a frontier study's sampler, else the study's only one (recorded)."""
@@ -244,7 +260,7 @@ class TrialObjective:
         complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         return attrs.trials_at(complete, target, targets)
 
-    def _select(self, trial: optuna.Trial, plan: dict[str, Any]) -> float:
+    def _select(self, trial: optuna.Trial, plan: dict[str, Any], share: float | None) -> float:
         """Run a sampler's staged selection (EvoPress's): every stage draws fresh pool sequences, evaluates the
         surviving candidates on them and keeps the best; the last stage adds the parent (candidate 0). The
         trial evaluated the winner; its value is the winner's on the last stage's sequences."""
@@ -257,7 +273,7 @@ class TrialObjective:
             if stage == len(plan["stages"]) - 1 and 0 not in alive:
                 alive.append(0)  # elitism: the parent competes in the last stage, on its fresh sequences
             index = torch.randperm(session.tokens.search.shape[0], generator=draws)[: int(sequences)]
-            evaluations = {c: self._evaluate(trial.number, candidates[c], index) for c in alive}
+            evaluations = {c: self._evaluate(trial.number, candidates[c], index, share=share) for c in alive}
             values = {c: e.value(objective) for c, e in evaluations.items()}
             tokens += len(alive) * int(index.numel()) * session.tokens.seq_len
             record.append({"candidates": alive, "values": [values[c] for c in alive]})
@@ -278,7 +294,9 @@ class TrialObjective:
         trial.set_user_attr(attrs.SELECTION, record)
         return values[winner]
 
-    def _evaluate(self, number: int, vector: Any, index: torch.Tensor | None, *, role: str = "search") -> Any:
+    def _evaluate(
+        self, number: int, vector: Any, index: torch.Tensor | None, *, role: str = "search", share: float | None = None
+    ) -> Any:
         """``vector`` on the role's sequences ``index`` (all of them: None); every batch is a safe point for
         an interrupt, in the dense reference's pass too when this trial is the one that computes it."""
         check, shown = self.interrupts.check, self.session.progress
@@ -303,7 +321,7 @@ class TrialObjective:
             check()
             return False
 
-        return self.session.evaluate(vector, role, index=index, on_batch=on_batch)
+        return self.session.evaluate(vector, role, index=index, on_batch=on_batch, share=share)
 
     def _promoted(self, rung: int, value: float, target: float) -> bool:
         """Whether a rung-``rung`` value ranks among the best ``max(1, n // promote_ratio)`` so far at ``target``."""

@@ -177,6 +177,15 @@ class StudySession:
             seed=self.config.data.seed,
         )
 
+    def sparse_model_for(self, share: float | None) -> SparseModel:
+        """The sparse model under the blend of TEAL's greedy split at ``share`` (a trial of a study that searches the
+        split), or under the study's own split (None)."""
+        if share is None:
+            return self.sparse_model
+        if self.greedy is None:
+            raise InputError(f"Study {self.config.name!r} has no greedy split tables, so no share of them.")
+        return self.sparse_model.with_split(BlendSplit(GreedySplit(self.greedy), share))
+
     def evaluate(
         self,
         allocation: Any,
@@ -186,17 +195,21 @@ class StudySession:
         rule: str | None = None,
         thresholds: torch.Tensor | None = None,
         on_batch: Any = None,
+        share: float | None = None,
     ) -> Evaluation:
         """``allocation`` on a role's tokens (the sequences ``index`` selects), with KL to the dense model.
 
         ``rule`` defaults to the study's search rule; ``thresholds`` (with ``rule="threshold"``) are the
-        exported ones for reports.
+        exported ones for reports; ``share``: split by that share of the greedy split (:meth:`sparse_model_for`).
         """
         tokens = self.tokens[role] if index is None else self.tokens[role][index]
         reference = self.reference(role)
         if index is not None:
             reference = reference.subset(index)
-        return self.objective.evaluate(
+        objective = self.objective
+        if share is not None:
+            objective = Objective(self.sparse_model_for(share), batch_size=objective.batch_size)
+        return objective.evaluate(
             allocation,
             tokens,
             reference=reference,
@@ -381,7 +394,7 @@ def split_rule(sparsity: SparsityConfig, greedy: GreedyTable | None) -> SplitRul
         raise InputError(f"The `{sparsity.split}` split needs greedy split tables; none were built.")
     if sparsity.split == "greedy":
         return GreedySplit(greedy)
-    return BlendSplit(GreedySplit(greedy), sparsity.greedy.blend)
+    return BlendSplit(GreedySplit(greedy), sparsity.greedy.blend)  # `search`: its share before any is chosen
 
 
 def reference_for(

@@ -314,6 +314,90 @@ def apply(
     click.echo(f"sparsity     {_loaded_target(applied.lookup)}; measured {evaluation.measured_sparsity:.4f}")
 
 
+@cli.command("tasks")
+@click.option(
+    "--lookup", "lookup_path", type=click.Path(path_type=Path), required=True, help="Exported lookup directory."
+)
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="The model the lookup was made for.")
+@click.option("--tasks", "task_list", required=True, help="lm-eval tasks, comma-separated (piqa,arc_easy) or YAMLs.")
+@click.option(
+    "--num-fewshot", type=click.IntRange(min=0), default=None, help="Examples per prompt (default: the task's, or 0)."
+)
+@click.option(
+    "--limit",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Items per task (a share of them if below 1): for quick checks, not for reporting.",
+)
+@click.option(
+    "--include-path",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    help="A folder of your own task YAMLs (lm-eval's; local data runs offline). Repeatable.",
+)
+@click.option(
+    "--sparsity",
+    type=float,
+    default=None,
+    help="Model-level sparsity to load from a frontier export; for a single lookup, its own target or nothing.",
+)
+@click.option("--dense", is_flag=True, help="Also run the dense model, and print both with the difference.")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="lm-eval's requests per forward."
+)
+@click.option("--log-samples", is_flag=True, help="Also write lm-eval's per-item records (samples) to --out.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write lm-eval's results JSON, with the lookup's provenance and the measured sparsity, to this file.",
+)
+@_placement_options
+def tasks_command(lookup_path: Path, task_list: str, log_samples: bool, **options: Any) -> None:
+    """Run lm-evaluation-harness tasks on MODEL with an exported lookup installed (pip install sparsealloc[eval]).
+
+    Prints lm-eval's own table and the sparsity the model really ran at on the tasks' inputs; with --dense,
+    the dense model's table and each metric side by side with the difference.
+    """
+    from allocator import InputError
+    from studies._tasks import run_tasks
+
+    if log_samples and options["out"] is None:
+        raise InputError("--log-samples writes lm-eval's per-item records to the results file; give --out too.")
+    if not click.get_current_context().find_root().params.get("verbose"):
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its notices on every task config would drown ours
+    run = run_tasks(
+        lookup_path,
+        tasks=task_list,
+        log_samples=log_samples,
+        **{**options, "include_path": list(options["include_path"])},
+    )
+    _print_tasks(run, options["dense"], options["out"])
+
+
+def _print_tasks(run: Any, dense: bool, out: Path | None) -> None:
+    """``tasks``' report: lm-eval's table(s), the side-by-side comparison, and the measured sparsity."""
+    evaluation = run.evaluation
+    study = evaluation.lookup.get("study") or {}
+    trial = f", trial {study['trial']}" if "trial" in study else ""
+    click.echo(f"model        {run.model['name']} ({run.model['architecture']}, {run.model['n_blocks']} blocks)")
+    click.echo(f"lookup       {evaluation.lookup['path']} (study {study.get('name', 'not recorded')!r}{trial})")
+    click.echo(f"\nsparse model (lookup installed), lm-eval's results:\n{evaluation.table()}")
+    if dense:
+        click.echo(f"dense model, lm-eval's results:\n{evaluation.table(dense=True)}")
+        click.echo(f"{'task':<24} {'metric':<16} {'sparse':>9} {'dense':>9} {'difference':>11}")
+        for task, metric, sparse_value, dense_value in evaluation.comparison():
+            other = "-" if dense_value is None else f"{dense_value:.4f}"
+            difference = "-" if dense_value is None else f"{sparse_value - dense_value:+.4f}"
+            click.echo(f"{task:<24} {metric:<16} {sparse_value:>9.4f} {other:>9} {difference:>11}")
+    click.echo(
+        f"sparsity     {_loaded_target(evaluation.lookup)}; measured {evaluation.measured_sparsity:.4f} "
+        "on the tasks' inputs"
+    )
+    if out is not None:
+        click.echo(f"written      {out}")
+
+
 def _loaded_target(lookup: dict[str, Any]) -> str:
     """What ``apply`` loaded: the lookup's target, and for a frontier export which point(s) gave it."""
     target = lookup.get("target_sparsity")
@@ -478,13 +562,26 @@ def study_status(name: str, storage: str | None) -> None:
             if summary.best_trial is None
             else f"trial {summary.best_trial}: search {summary.objective} {summary.best_value:.4g}{measured}",
         ),
+        ("no search", _no_search_line(summary)),
         ("held-out", "-" if summary.best_heldout_perplexity is None else f"{summary.best_heldout_perplexity:.3f}"),
         ("vector", summary.vector_summary()),
     ]
+    if summary.best_share is not None:
+        rows[3] = ("best", f"{rows[3][1]}, greedy split share {summary.best_share:g}")
     if summary.frontier:  # values of different targets never compare: the best of each target
         rows[3:] = [(f"at {point.target:.3f}", _target_line(summary.objective, point)) for point in summary.frontier]
     for key, value in rows:
         click.echo(f"{key:<10} {value}")
+
+
+def _no_search_line(summary: Any) -> str:
+    """The best no-search allocation among the trials, and how much lower the search's best is (same screen)."""
+    point = summary.no_search
+    if point is None:
+        return "-"
+    gain = summary.search_gain
+    beside = "" if gain is None else f"; the search's best is {gain:.1%} lower on the same sequences"
+    return f"{point.name} (trial {point.trial}): search {summary.objective} {point.value:.4g}{beside}"
 
 
 def _target_line(objective: str, point: Any) -> str:
@@ -611,14 +708,15 @@ def study_report(name: str, out: Path, storage: str | None) -> None:
 
 @cli.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"), show_default=True)
-@click.option("--trials", type=click.IntRange(min=2), default=None, help="Trials of the bo study (default: 30).")
+@click.option("--trials", type=click.IntRange(min=4), default=None, help="Trials of the bo study (default: 24).")
 def demo(out: Path, trials: int | None) -> None:
     """A complete study on the embedded SmolLM2 and pydoc corpus, with SQLite in OUT.
 
-    Calibrates, runs a `bo` study at 50% model-level sparsity over the blend site split, exports the
-    allocation chosen on validation data, writes the report, and compares it on held-out data with uniform
-    sparsity and TEAL's greedy-uniform (one trial each). Run it again to reuse what OUT holds (the
-    calibration and the finished trials).
+    Calibrates, runs a `bo` study at 50% model-level sparsity that searches the site split too (its first
+    trials are the allocations that need no search: uniform, TEAL's greedy-uniform and blend-uniform), exports
+    the allocation chosen on validation data among the search's best and those, writes the report, and
+    measures them all on held-out data: the search's gain over the best allocation that needs no search. Run
+    it again to reuse what OUT holds (the calibration and the finished trials).
     """
     import optuna
 
@@ -648,10 +746,14 @@ def _print_demo(result: Any) -> None:
         fixed, exact = measured.thresholds, measured.exact
         figures = f"{fixed.perplexity:>10.3f} {fixed.kl:>8.4f} {fixed.measured_sparsity:>9.4f}"
         click.echo(f"               {label:<26} {figures}   {exact.perplexity:>10.3f} {exact.kl:>8.4f}")
-    click.echo(
-        f"               -> bo removes {result.gain('uniform'):.0%} of uniform's and {result.gain('greedy'):.0%} "
-        "of greedy-uniform's degradation over dense (held-out perplexity)"
-    )
+    best = result.best_no_search
+    if best is not None:
+        others = [name for name in ("uniform", "greedy-uniform") if name in result.baselines and name != best]
+        also = "".join(f", {result.gain(name):.0%} of {name}'s" for name in others)
+        click.echo(
+            f"               -> bo removes {result.gain(best):.0%} of the best no-search allocation's ({best}, chosen "
+            f"on validation){also} degradation over dense (held-out perplexity)"
+        )
     click.echo(f"exported       {result.exported.path}/lookup.json (+ TEAL files)")
     click.echo(f"report         {', '.join(str(p) for p in result.plots)}")
     click.echo(f"time           {result.minutes:.1f} min")

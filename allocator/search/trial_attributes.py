@@ -59,6 +59,11 @@ HELDOUT_PERPLEXITY = "heldout_perplexity"
 HELDOUT_KL = "heldout_kl"
 #: A trial that yielded because the study's last slots were taken by trials with lower numbers.
 SURPLUS = "surplus"
+#: Of a study that searches the split (``sparsity.split: search``): the share of TEAL's greedy split in the
+#: trial's blend of the greedy and uniform site splits.
+SPLIT_SHARE = "split_share"
+#: Set on a no-search start point (the uniform vector at one share): its name, e.g. ``blend-uniform``.
+NO_SEARCH = "no_search"
 
 # -- system attributes ----------------------------------------------------------------------------------------
 #: A sampler's proposal, written at sampling time so other workers see it as a pending point.
@@ -80,6 +85,8 @@ WAS_REJECTED = "sparsealloc:was_rejected"
 SELECTION_PLAN = "sparsealloc:selection_plan"
 #: The selection's record: per stage, the candidates evaluated (by index) and their values.
 SELECTION = "selection"
+#: The split a sampler placed the trial at: ``{"share": s, "no_search": name or None}``.
+SPLIT_PLACE = "sparsealloc:split"
 #: Set by Optuna's retry callback on a trial that re-runs a failed one: the original trial's number.
 RETRIED_FROM = "failed_trial"
 #: Set by ``study.enqueue_trial`` (and the retry callback): the parameters the trial must evaluate.
@@ -109,6 +116,13 @@ def assign_target(study: optuna.Study, trial: FrozenTrial, target: float) -> Non
     attributes from (Optuna builds a trial's ``user_attrs`` from the frozen trial its sampler was given)."""
     optuna_internals.set_trial_user_attr(study, trial, TARGET, float(target))
     trial.user_attrs[TARGET] = float(target)
+
+
+def record_split(trial: optuna.Trial, share: float, no_search: str | None) -> None:
+    """Store the trial's share of the greedy split, and the name of the no-search point it is (if it is one)."""
+    trial.set_user_attr(SPLIT_SHARE, float(share))
+    if no_search is not None:
+        trial.set_user_attr(NO_SEARCH, no_search)
 
 
 def mark_surplus(trial: optuna.Trial) -> None:
@@ -287,6 +301,38 @@ def selection_plan(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> di
     time, after the objective's own view of the trial was taken)."""
     plan = optuna_internals.trial_system_attrs(study, trial).get(SELECTION_PLAN)
     return plan if isinstance(plan, dict) else None
+
+
+def split_place(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> tuple[float, str | None] | None:
+    """The share and no-search name the sampler placed ``trial`` at (read from storage, where it was written at
+    sampling time), else those the trial recorded (a retried trial inherits them); None without either."""
+    place = optuna_internals.trial_system_attrs(study, trial).get(SPLIT_PLACE)
+    if isinstance(place, dict) and isinstance(place.get("share"), (int, float)):
+        return float(place["share"]), place.get("no_search")
+    recorded = trial_split(trial)  # type: ignore[arg-type]
+    return None if recorded is None else (recorded, no_search_name(trial))  # type: ignore[arg-type]
+
+
+def trial_split(trial: FrozenTrial) -> float | None:
+    """The share of the greedy split the trial evaluated at, or None (a study with a fixed split)."""
+    return _float(trial, SPLIT_SHARE)
+
+
+def placed_share(trial: FrozenTrial) -> float | None:
+    """The share a finished or pending trial has: recorded by its evaluation, else placed by its sampler."""
+    recorded = trial_split(trial)
+    if recorded is not None:
+        return recorded
+    place = trial.system_attrs.get(SPLIT_PLACE)
+    return float(place["share"]) if isinstance(place, dict) and isinstance(place.get("share"), (int, float)) else None
+
+
+def no_search_name(trial: FrozenTrial) -> str | None:
+    """The name of the no-search start point the trial evaluated (``uniform``, ``blend-uniform``...), or None."""
+    value = trial.user_attrs.get(NO_SEARCH)
+    if value is None and isinstance(place := trial.system_attrs.get(SPLIT_PLACE), dict):
+        value = place.get("no_search")
+    return value if isinstance(value, str) else None
 
 
 def was_params(trial: FrozenTrial) -> np.ndarray | None:

@@ -2,13 +2,15 @@
 
 An *allocation* is one sparsity per block. A *split rule* turns it into per-site sparsities: ``uniform``
 gives every site the block's value; ``greedy`` looks the block's value up in a table, learnt at calibration,
-of the site split that least disturbs the block's output; ``blend`` is a fixed mixture of the two. Either way
+of the site split that least disturbs the block's output; ``blend`` is a mixture of the two (a fixed share of
+the greedy split, or one the study searches: :meth:`SparseModel.with_split`). Either way
 the site-weighted mean of a block's site sparsities equals the block's value, so the model-level constraint
 on blocks holds for sites too.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol
@@ -103,6 +105,15 @@ class SparseModel:
         self.split: SplitRule = split or UniformSplit()
         self.sparsifiers = Sparsifiers(adapter, score=calibration.score, sparsify_fraction=sparsify_fraction)
         self._site_weights = adapter.site_weights()
+
+    def with_split(self, split: SplitRule | None) -> SparseModel:
+        """The same model, calibration and hooks under another split rule (None: uniform).
+
+        Why: a study that searches the split evaluates trials under different rules; they share the one set of
+        sparsifiers (only one allocation is applied at a time), so nothing is recomputed."""
+        other = copy.copy(self)
+        other.split = split or UniformSplit()
+        return other
 
     @property
     def n_blocks(self) -> int:

@@ -30,6 +30,7 @@ from allocator.search.samplers._registry import (
     sampler_entry,
     sampler_names,
 )
+from allocator.search.samplers._split import SplitSearch, no_search_label, same_share
 
 # Registration order is the order of `sampler_names()`: the baselines first, then the searches.
 from allocator.search.samplers._uniform import GreedyUniformSampler, UniformSampler  # isort: skip
@@ -74,6 +75,7 @@ __all__ = [
     "SamplerEntry",
     "SamplerOptions",
     "SearchSpace",
+    "SplitSearch",
     "TargetView",
     "TargetsInTurn",
     "TpeOptions",
@@ -88,6 +90,7 @@ __all__ = [
     "gp_hyperparameters",
     "knot_space",
     "next_in_turn",
+    "no_search_label",
     "optimize_nullspace",
     "optimize_slsqp",
     "parse_options",
@@ -96,6 +99,7 @@ __all__ = [
     "rank_candidates",
     "register_frontier",
     "register_sampler",
+    "same_share",
     "sampler_entry",
     "sampler_names",
     "select_starts",

@@ -38,6 +38,7 @@ from allocator.search import trial_attributes as attrs
 from allocator.search._constraint import ConstraintSpace
 from allocator.search._optuna_internals import is_multi_objective
 from allocator.search.samplers._registry import SamplerOptions, validate_options
+from allocator.search.samplers._split import SplitSearch, same_share
 
 if TYPE_CHECKING:
     from optuna.study import Study
@@ -134,8 +135,9 @@ class History:
         return np.concatenate([self.X, self.pending], axis=0)
 
 
-def collect_history(study: Study, trial: FrozenTrial, space: ConstraintSpace) -> History:
-    """Read every trial of ``study`` (except ``trial``) into a :class:`History`."""
+def collect_history(study: Study, trial: FrozenTrial, space: ConstraintSpace, *, share: float | None = None) -> History:
+    """Read every trial of ``study`` (except ``trial``) into a :class:`History`; with ``share``, only the trials
+    at that share of the greedy split (a study that searches the split: values at other shares do not compare)."""
     xs: list[np.ndarray] = []
     ys: list[float] = []
     numbers: list[int] = []
@@ -143,7 +145,7 @@ def collect_history(study: Study, trial: FrozenTrial, space: ConstraintSpace) ->
     pending: list[np.ndarray] = []
     pending_trials: list[FrozenTrial] = []
     for t in study.get_trials(deepcopy=False):
-        if t.number == trial.number:
+        if t.number == trial.number or (share is not None and not same_share(attrs.placed_share(t), share)):
             continue
         if t.state == TrialState.COMPLETE:
             vec = attrs.evaluated_vector(t, space.dim)
@@ -302,10 +304,24 @@ class BlockSampler(ProposalSampler):
     (every block pinned) gets that point without asking them.
     """
 
+    _split: SplitSearch | None = None
+
+    def search_split(self, split: SplitSearch) -> None:
+        """Search the site split too (``sparsity.split: search``): every trial is placed at a share of the greedy
+        split first, the no-search start points before any proposal (see :mod:`._split`)."""
+        self._split = split
+
     def place(self, study: Study, trial: FrozenTrial) -> tuple[ConstraintSpace, np.ndarray]:
         """The study's space and the subclass's proposal from the trial's history (the one point of a singleton space
-        without asking)."""
-        history = collect_history(study, trial, self._space)
+        without asking); a study that searches the split places the trial at a share first, and a no-search start
+        point gets the uniform vector."""
+        share = None
+        if self._split is not None:
+            share, no_search = self._split.place(study, trial)
+            attrs.set_system_attr(study, trial, attrs.SPLIT_PLACE, {"share": share, "no_search": no_search})
+            if no_search is not None:
+                return self._space, self._space.uniform_vector()
+        history = collect_history(study, trial, self._space, share=share)
         if self._space.is_singleton:
             return self._space, self._space.center()
         return self._space, self.propose(study, trial, history)

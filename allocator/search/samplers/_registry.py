@@ -67,6 +67,12 @@ class SamplerEntry:
     frontier: FrontierFactory
     learns_across_targets: bool = False
 
+    @property
+    def searches_split(self) -> bool:
+        """Whether the sampler can search the site split too (``sparsity.split: search``): a block sampler with
+        more than one proposal (it places each trial at a share before proposing, see ``SplitSearch``)."""
+        return callable(getattr(self.factory, "search_split", None)) and self.max_trials is None
+
 
 _ENTRIES: dict[str, SamplerEntry] = {}
 
