@@ -82,6 +82,7 @@ _LAZY: dict[str, str] = {
     "GreedySplit": "allocator.sparsity._greedy",
     "GreedyTable": "allocator.sparsity._greedy",
     "build_greedy_table": "allocator.sparsity._greedy",
+    "teal_step": "allocator.sparsity._greedy",
     "capture_block_inputs": "allocator.sparsity._blocks",
     "LOOKUP_FORMAT": "allocator.export._lookup",
     "build_lookup": "allocator.export._lookup",

@@ -48,6 +48,7 @@ SAMPLERS = (
     "bo-greedy",
     "bo-blend",
     "bo-search",
+    "was-ref",
 )
 #: The single allocations: one evaluation each, whatever the budget.
 SINGLE = ("uniform", "greedy", "blend-uniform")
@@ -60,7 +61,12 @@ VARIANTS = {
     "bo-greedy": ("bo", "greedy"),
     "bo-blend": ("bo", "blend"),
     "bo-search": ("bo", "search"),
+    "was-ref": ("was", "greedy"),
 }
+#: Benchmark names scored otherwise than by magnitude: ``was-ref`` is WAS in its reference form, its search over
+#: TEAL's greedy split of WAS's weight-aware score |x|·‖W[:, j]‖₁ (the WAS notebook's; it sparsifies the last 99%
+#: of each sequence, we sparsify all of it like every other allocator: a named deviation).
+SCORES = {"was-ref": "weight_aware"}
 BASE_BUDGET = 51_200  # today's: 50 evaluations of 1,024 tokens
 #: The held-out corpora every allocation is reported on: pydoc documents no other role used, and parlspeech.
 CORPORA = ("heldout", "ood")
@@ -110,7 +116,13 @@ def study_config(
             "ood_sequences": args.heldout_sequences,
             "seed": 0,
         },
-        sparsity={"lower": 0.0, "upper": 0.9, "split": split, "greedy": {"sequences": args.greedy_sequences}},
+        sparsity={
+            "lower": 0.0,
+            "upper": 0.9,
+            "split": split,
+            "score": SCORES.get(sampler),
+            "greedy": {"sequences": args.greedy_sequences},
+        },
         sampler=variant,
         search={
             "screen_sequences": args.screen,

@@ -60,7 +60,7 @@ from storage import Database
 from studies import tokens_spent
 
 BO_VARIANTS = ("bo", "bo-greedy", "bo-blend", "bo-search")
-REDUCTION_GOAL = 0.25
+REDUCTION_GOAL = 0.20  # issue 26: below the best allocation that needs no search
 #: The settings every part of a merge must share (the data and the search protocol).
 COMPARABLE = (
     "seq_len",
@@ -289,30 +289,47 @@ def reduction_interval(
     return float(low), float(high)
 
 
+def no_search_baselines(results: dict[str, Any], run: dict[str, Any], role: str) -> dict[str, dict[str, Any]]:
+    """Every allocation needing no search that ``run`` compares with on ``role``, by name: the single allocations
+    (uniform, greedy-uniform, blend-uniform) of its database at its target, and the best no-search trial of its
+    own study (a study that searches the split evaluates them as its start points)."""
+    db = run_database(results, run)
+    names = {"uniform": "uniform", "greedy": "greedy-uniform", "blend-uniform": "blend-uniform"}
+    found = {
+        names[r["sampler"]]: r[role]
+        for r in results["runs"]
+        if r["sampler"] in SINGLE and run_database(results, r) == db and r["target"] == run["target"]
+    }
+    own = run.get("best_no_search")
+    if own is not None and role in own and own["name"] not in found:
+        found[own["name"]] = own[role]
+    return found
+
+
 def goal_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 12's goal, per bo variant, budget, target, seed and held-out corpus, each row against the
-    greedy-uniform, ``was`` and ``evopress`` of its own database."""
+    """Issue 26's goal, per bo variant, budget, target, seed and held-out corpus: against the best allocation of its
+    own database that needs no search (:func:`no_search_baselines`), and against ``was`` and ``evopress``."""
     databases = databases_of(results)
     by = {(run_database(results, r), r["sampler"], r["target"], r["seed"], r["budget"]): r for r in results["runs"]}
-    single = {
-        (run_database(results, r), r["sampler"], r["target"]): r for r in results["runs"] if r["sampler"] in SINGLE
-    }
     rows = []
     for r in results["runs"]:
         db = run_database(results, r)
-        if r["sampler"] not in BO_VARIANTS or (db, "greedy", r["target"]) not in single:
+        if r["sampler"] not in BO_VARIANTS:
             continue
-        greedy_run = single[(db, "greedy", r["target"])]
         for role in CORPORA:
-            greedy = greedy_run[role]["degradation"]
+            baselines = no_search_baselines(results, r, role)
+            if not baselines:
+                continue
+            name, best = min(baselines.items(), key=lambda item: item[1]["degradation"])
             anchors = [by.get((db, a, r["target"], r["seed"], r["budget"])) for a in ("was", "evopress")]
             anchor = min((a[role]["degradation"] for a in anchors if a), default=None)
-            reduction = 1.0 - r[role]["degradation"] / greedy
+            reduction = 1.0 - r[role]["degradation"] / best["degradation"]
             interval = reduction_interval(
                 r[role].get("sequence_nll", []),
-                greedy_run[role].get("sequence_nll", []),
+                best.get("sequence_nll", []),
                 databases[db]["dense"][role].get("sequence_nll", []),
             )
+            greedy = baselines.get("greedy-uniform")
             rows.append(
                 {
                     "variant": r["sampler"],
@@ -321,13 +338,15 @@ def goal_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "target": r["target"],
                     "seed": r["seed"],
                     "corpus": role,
-                    "greedy": greedy,
+                    "no_search_name": name,
+                    "no_search": best["degradation"],
+                    "greedy": None if greedy is None else greedy["degradation"],
                     "anchor": anchor,
                     "bo": r[role]["degradation"],
                     "measured": r[role]["measured_sparsity"],
                     "reduction": reduction,
                     "interval": interval,
-                    "goal_greedy": reduction >= REDUCTION_GOAL,
+                    "goal_no_search": reduction >= REDUCTION_GOAL,
                     "goal_anchor": None if anchor is None else r[role]["degradation"] < anchor,
                 }
             )
@@ -425,25 +444,27 @@ def _sampler_row(sampler: str, db: str, runs: list[dict[str, Any]]) -> str:
 
 
 def _goal_table(results: dict[str, Any]) -> list[str]:
-    """Issue 12's goal, seed by seed (:func:`goal_rows`)."""
+    """Issue 26's goal, seed by seed (:func:`goal_rows`)."""
     rows = goal_rows(results)
     return [
-        "## Issue 12's goal, seed by seed",
+        "## Issue 26's goal, seed by seed",
         "",
         "Held-out perplexity degradation vs dense, at exactly the target sparsity. The goal: `bo` at least "
-        f"{REDUCTION_GOAL:.0%} below greedy-uniform and below both `was` and `evopress` (same seed, same budget, "
-        "same database), "
-        "on both held-out corpora. The interval: 90% of a paired bootstrap over the held-out sequences "
-        "(how much the reduction depends on which text was drawn).",
+        f"{REDUCTION_GOAL:.0%} below the best allocation of its database that needs no search (named; the best "
+        "of uniform, greedy-uniform, blend-uniform and the study's own start points on that corpus) and below "
+        "both `was` and `evopress` (same seed, same budget, same database), on both held-out corpora. The "
+        "interval: 90% of a paired bootstrap over the held-out sequences (how much the reduction depends on which "
+        "text was drawn).",
         "",
-        "| variant | database | budget | target | seed | corpus | greedy | best of was/evopress | bo | measured "
-        "| reduction vs greedy | 90% interval | ≥ 25% | beats both |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | database | budget | target | seed | corpus | best no-search | its degradation | greedy-uniform "
+        "| best of was/evopress | bo | measured | reduction vs best no-search | 90% interval "
+        f"| ≥ {REDUCTION_GOAL:.0%} | beats both |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *[
             f"| {g['variant']} | `{_label(g['database'])}` | {g['budget']:,} | {g['target']:.0%} | {g['seed']} | "
-            f"{g['corpus']} | "
-            f"{_pct(g['greedy'])} | {_pct(g['anchor'])} | {_pct(g['bo'])} | {g['measured']:.4f} | "
-            f"{g['reduction']:.1%} | {_interval(g.get('interval'))} | {'yes' if g['goal_greedy'] else '**no**'} | "
+            f"{g['corpus']} | {g['no_search_name']} | {_pct(g['no_search'])} | {_pct(g['greedy'])} | "
+            f"{_pct(g['anchor'])} | {_pct(g['bo'])} | {g['measured']:.4f} | "
+            f"{g['reduction']:.1%} | {_interval(g.get('interval'))} | {'yes' if g['goal_no_search'] else '**no**'} | "
             f"{'—' if g['goal_anchor'] is None else 'yes' if g['goal_anchor'] else '**no**'} |"
             for g in rows
         ],

@@ -126,6 +126,12 @@ class SearchConfig(StrictModel):
 class GreedyConfig(StrictModel):
     """Settings of the greedy split tables (built once per calibration)."""
 
+    protocol: Literal["default", "teal"] = Field(
+        default="default",
+        description="default: `step`, the error over every position (mean squared); teal: TEAL's greedyopt.py, "
+        "each step raising a site by 0.05 over its weight relative to q's, the block output's L2 error on the "
+        "last quarter of each sequence (TEAL scores 20,480 tokens: `sequences` x `data.seq_len`).",
+    )
     step: float = Field(default=0.025, gt=0, le=0.5, allow_inf_nan=False)
     sequences: int = Field(default=4, ge=1, description="Calibration sequences whose block inputs score the splits.")
     blend: float = Field(

@@ -51,10 +51,11 @@ from allocator import (
     load_model,
     load_text,
     make_token_sets,
+    teal_step,
 )
 from allocator.search import trial_attributes as attrs
 from storage import Database
-from studies._config import SparsityConfig, StudyConfig
+from studies._config import GreedyConfig, SparsityConfig, StudyConfig
 
 Notify = Callable[[str], None]
 Progress = Callable[[str, int], Callable[[int], None]]
@@ -353,14 +354,17 @@ def greedy_table_for(
     if sparsity.split == "uniform":
         return None
     upper = sparsity.upper if isinstance(sparsity.upper, float) else max(sparsity.upper)
+    protocol = greedy_protocol(sparsity.greedy, loaded.adapter.site_weights()[0])
     settings = {
         "format": GREEDY_FORMAT,
         "calibration": calibration_key,
-        "step": sparsity.greedy.step,
+        "step": protocol["step"],
         "sequences": sparsity.greedy.sequences,
         "max_sparsity": upper,
         "sparsify_fraction": sparsity.sparsify_fraction,
     }
+    if sparsity.greedy.protocol == "teal":  # the default protocol keys as before, so stored tables stay found
+        settings.update(error_positions=protocol["error_positions"], error_norm=protocol["error_norm"])
 
     def compute() -> bytes:
         advance = progress("Greedy split tables", loaded.adapter.n_blocks) if progress else None
@@ -368,10 +372,10 @@ def greedy_table_for(
             loaded.adapter,
             calibration,
             tokens.calibration[: sparsity.greedy.sequences],
-            step=sparsity.greedy.step,
             max_sparsity=upper,
             sparsify_fraction=sparsity.sparsify_fraction,
             progress=advance,
+            **protocol,
         ).to_bytes()
 
     blob, _ = stored_artifact(
@@ -384,6 +388,15 @@ def greedy_table_for(
         notify=notify,
     )
     return GreedyTable.from_bytes(blob)
+
+
+def greedy_protocol(greedy: GreedyConfig, site_weights: torch.Tensor) -> dict[str, Any]:
+    """The greedy path's step and error of ``greedy.protocol``: ``default`` (``greedy.step``, the error over every
+    position, mean squared) or TEAL's ``greedyopt.py`` (each step raises a site by 0.05 over its weight relative
+    to q's, :func:`allocator.teal_step`; the block output's L2 error on the last quarter of each sequence)."""
+    if greedy.protocol == "teal":
+        return {"step": teal_step(site_weights), "error_positions": 0.25, "error_norm": "l2"}
+    return {"step": greedy.step, "error_positions": 1.0, "error_norm": "mse"}
 
 
 def split_rule(sparsity: SparsityConfig, greedy: GreedyTable | None) -> SplitRule | None:

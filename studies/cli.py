@@ -708,7 +708,7 @@ def study_report(name: str, out: Path, storage: str | None) -> None:
 
 @cli.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"), show_default=True)
-@click.option("--trials", type=click.IntRange(min=4), default=None, help="Trials of the bo study (default: 24).")
+@click.option("--trials", type=click.IntRange(min=4), default=None, help="Trials of the bo study (default: 16).")
 def demo(out: Path, trials: int | None) -> None:
     """A complete study on the embedded SmolLM2 and pydoc corpus, with SQLite in OUT.
 

@@ -6,8 +6,10 @@ import numpy as np
 import optuna
 import pytest
 import sqlalchemy
+import torch
 from optuna.trial import TrialState
 
+from allocator import build_greedy_table, teal_step
 from allocator.search import trial_attributes as attrs
 from allocator.search.trial_attributes import evaluated_vector
 from storage import Database, StorageError
@@ -106,3 +108,37 @@ def test_a_study_stored_before_a_setting_existed_is_still_the_same_study(sqlite_
     changed, _ = load_config(write_config(trials=2, sparsity={"greedy": {"blend": 0.25}}))
     with pytest.raises(StorageError, match="already exists with a different configuration"):
         create_study(database, changed)
+
+
+def test_the_teal_greedy_protocol_builds_teals_path_and_is_stored_apart(sqlite_url, write_config):
+    """``greedy.protocol: teal``: TEAL's step rule and last-quarter L2 error, a table of its own in storage."""
+    database = Database(sqlite_url)
+    greedy = {"sequences": 2}
+    default, _ = load_config(
+        write_config(name="d", sampler={"name": "greedy"}, sparsity={"split": "greedy", "greedy": greedy})
+    )
+    teal, _ = load_config(
+        write_config(
+            name="t", sampler={"name": "greedy"}, sparsity={"split": "greedy", "greedy": {**greedy, "protocol": "teal"}}
+        )
+    )
+    for config in (default, teal):
+        create_study(database, config)
+    default_session = open_session(database, default)
+    messages: list[str] = []
+    teal_session = open_session(database, teal, notify=messages.append)
+    assert not any(m.startswith("Reused the stored greedy split tables") for m in messages)
+    adapter = teal_session.loaded.adapter
+    expected = build_greedy_table(
+        adapter,
+        teal_session.calibration,
+        teal_session.tokens.calibration[:2],
+        step=teal_step(adapter.site_weights()[0]),
+        max_sparsity=0.9,
+        error_positions=0.25,
+        error_norm="l2",
+    )
+    sites = teal_session.greedy.site_sparsities(torch.full((adapter.n_blocks,), 0.5, dtype=torch.float64))
+    assert torch.allclose(sites, expected.site_sparsities(torch.full((adapter.n_blocks,), 0.5, dtype=torch.float64)))
+    assert teal_session.greedy.settings["step"] == pytest.approx(teal_step(adapter.site_weights()[0]))
+    assert not torch.allclose(sites, default_session.greedy.site_sparsities(torch.full_like(sites[:, 0], 0.5)))
