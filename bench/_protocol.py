@@ -168,6 +168,8 @@ def run_one(database: Database, config: StudyConfig, dense: dict[str, dict[str, 
             max(t.datetime_complete for t in complete) - min(t.datetime_start for t in complete)
         ).total_seconds(),
         "evaluation_seconds": sum(attrs.evaluation_seconds(t) for t in complete),
+        # the forward passes of screens and promotions: the study's overhead is the rest of its wall time
+        "forward_seconds": sum(attrs.forward_seconds(t) for t in complete),
         "chosen_trial": best.trial.number,
         "search_value": float(best.trial.value),
         "validation_kl": {c.trial.number: c.validation.kl for c in candidates},

@@ -361,6 +361,7 @@ def write_outputs(results: dict[str, Any], out: Path, suffix: str = "", *, echo:
         *_sampler_tables(results),
         *_goal_table(results),
         *_promotion_lines(results),
+        *_overhead_lines(results),
     ]
     write_results(out, f"allocators{suffix}", results, "\n".join(lines), echo=echo)
 
@@ -470,6 +471,34 @@ def _goal_table(results: dict[str, Any]) -> list[str]:
         ],
         "",
     ]
+
+
+OVERHEAD_GOAL = 0.10  # issue 25: a bo study's time outside the forward passes of its trials
+
+
+def _overhead_lines(results: dict[str, Any]) -> list[str]:
+    """Each search study's overhead: the share of its wall time (first trial's start to last trial's end) that is
+    not the forward passes of its screens and promotions (proposals, database, bookkeeping)."""
+    runs = [r for r in results["runs"] if r.get("forward_seconds") and r.get("wall_seconds")]
+    if not runs:
+        return []
+    lines = [
+        "## Study overhead",
+        "",
+        "Wall time outside the trials' forward passes (proposals, database, bookkeeping), as a share of the "
+        f"study's wall time; the goal for `bo` variants (issue 25): at most {OVERHEAD_GOAL:.0%}. Measured on the "
+        "machine and load of the run (the forward passes and the proposals share its cores).",
+        "",
+        "| study | wall s | forward s | overhead | goal |",
+        "|---|---|---|---|---|",
+    ]
+    for r in runs:
+        overhead = 1.0 - r["forward_seconds"] / r["wall_seconds"]
+        goal = "—" if r["sampler"] not in BO_VARIANTS else "yes" if overhead <= OVERHEAD_GOAL else "**no**"
+        lines.append(
+            f"| {r['name']} | {r['wall_seconds']:.0f} | {r['forward_seconds']:.0f} | {overhead:.1%} | {goal} |"
+        )
+    return [*lines, ""]
 
 
 def _promotion_lines(results: dict[str, Any]) -> list[str]:

@@ -196,7 +196,7 @@ class TrialObjective:
         screen = self._evaluate(trial.number, vector, self.rungs[0], share=share)
         kl, nll = list(screen.sequence_kl), list(screen.sequence_nll)
         values = [_mean_value(search.objective, kl, nll)]
-        own, sizes = list(values), [len(nll)]
+        own, sizes, seconds = list(values), [len(nll)], screen.seconds
         for rung in self.rungs[1:]:
             if not self._promoted(len(values) - 1, values[-1], goal):
                 break
@@ -205,6 +205,7 @@ class TrialObjective:
             values.append(_mean_value(search.objective, kl, nll))
             own.append(_mean_value(search.objective, list(more.sequence_kl), list(more.sequence_nll)))
             sizes.append(len(more.sequence_nll))
+            seconds += more.seconds
         sparse_model = session.sparse_model_for(share)
         target = sparse_model.site_sparsities(vector)
         attrs.record_measurements(
@@ -223,6 +224,7 @@ class TrialObjective:
                 attrs.SEQUENCE_NLL: nll,
                 attrs.TOKENS: len(nll) * session.tokens.seq_len,
                 attrs.SECONDS: screen.seconds,
+                attrs.FORWARD_SECONDS: seconds,
             },
         )
         if session.config.evaluation.heldout == "best" and self._is_new_best(values[0], goal):
@@ -289,6 +291,7 @@ class TrialObjective:
                 attrs.MEASURED_SPARSITY: last.measured_sparsity,
                 attrs.TOKENS: tokens,
                 attrs.SECONDS: sum(e.seconds for e in evaluations.values()),
+                attrs.FORWARD_SECONDS: sum(e.seconds for e in evaluations.values()),
             },
         )
         trial.set_user_attr(attrs.SELECTION, record)

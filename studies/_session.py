@@ -466,7 +466,7 @@ def open_session(
     device = device or config.model.device
     dtype = dtype or config.model.dtype
     notify(f"Loading model {config.model.source}")
-    loaded = load_model(config.model.source, device=device, dtype=dtype)
+    loaded = load_model(config.model.source, device=device, dtype=dtype, progress=progress)
     # `study create` checked it; a study stored before that check was made is refused here.
     check_seq_len(config.data.seq_len, loaded.max_positions, model=config.model.source, name="data.seq_len")
     spaces = build_spaces(config, loaded.adapter.block_weights().tolist())  # bad bounds fail before any pass

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -151,6 +152,7 @@ def load_model(
     device: str = "cpu",
     dtype: str | torch.dtype = "float32",
     cache_dir: Path | None = None,
+    progress: Callable[[str, int], Callable[[int], None]] | None = None,
 ) -> LoadedModel:
     """Load ``source``: an embedded name (``smollm2-135m``), a ``.gguf`` file, or a local HF directory.
 
@@ -158,12 +160,13 @@ def load_model(
     where a GPU is present, else the CPU with float32), with an adapter for its architecture. The weights
     load straight into the target dtype and device (a sharded checkpoint shard by shard), never as a float32
     copy on the CPU first. An unsupported architecture or a model that is not a causal LM raises one clear
-    error.
+    error. ``progress`` (a display's ``bar(label, total) -> advance(n)``) follows the one-time conversion of a GGUF
+    file, the one step here that can take a minute.
     """
     placement = resolve_placement(device, dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch."))
     name = str(source)
     kind, path = _locate(source)
-    directory = _cached_gguf(path, cache_dir or cache_root()) if kind == "gguf" else path
+    directory = _cached_gguf(path, cache_dir or cache_root(), progress) if kind == "gguf" else path
     model, tokenizer = _load_directory(directory, placement=placement, label=name)
     adapter = ModelAdapter(model)
     return LoadedModel(
@@ -296,7 +299,9 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _cached_gguf(gguf_path: Path, cache_dir: Path) -> Path:
+def _cached_gguf(
+    gguf_path: Path, cache_dir: Path, progress: Callable[[str, int], Callable[[int], None]] | None = None
+) -> Path:
     """Return the safetensors directory for ``gguf_path``, converting it first if it is not cached."""
     target = cache_dir / "models" / _file_sha256(gguf_path)[:24]
     if (target / "config.json").is_file():
@@ -304,8 +309,11 @@ def _cached_gguf(gguf_path: Path, cache_dir: Path) -> Path:
     logger.info("Converting %s to safetensors once (cached in %s).", gguf_path, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    advance = progress(f"Converting {gguf_path.name} to safetensors (once)", 1) if progress else None
     try:
         _convert_gguf(gguf_path, staging)
+        if advance is not None:
+            advance(1)
         try:
             staging.rename(target)  # atomic: a concurrent converter either wins or loses the whole directory
         except OSError:

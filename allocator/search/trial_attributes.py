@@ -36,8 +36,10 @@ MEASURED_SPARSITY = "measured_sparsity"
 NOMINAL_SPARSITY = "model_sparsity"
 #: Mean next-token negative log-likelihood on the search tokens.
 MEAN_NLL = "mean_nll"
-#: Seconds the evaluation took.
+#: Seconds the evaluation took (the screen's: what compares across trials).
 SECONDS = "seconds"
+#: Seconds of all the trial's forward passes: its screen and every promotion (a study's overhead is the rest).
+FORWARD_SECONDS = "forward_seconds"
 #: Mean per-token KL to the dense model on the screen (the search's first rung).
 KL = "kl"
 #: Perplexity on the screen.
@@ -277,6 +279,11 @@ def _floats(trial: FrozenTrial, key: str) -> list[float]:
 def evaluation_seconds(trial: FrozenTrial) -> float:
     """The wall time of the trial's evaluation in seconds (0 if not recorded)."""
     return _float(trial, SECONDS) or 0.0
+
+
+def forward_seconds(trial: FrozenTrial) -> float:
+    """The seconds of all the trial's forward passes, screen and promotions (0 if not recorded)."""
+    return _float(trial, FORWARD_SECONDS) or 0.0
 
 
 def is_surplus(trial: FrozenTrial) -> bool:

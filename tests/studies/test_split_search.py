@@ -58,6 +58,10 @@ def test_the_first_trials_are_the_no_search_allocations_then_the_search_runs_at_
     assert all(attrs.trial_split(t) == attrs.trial_split(best_start) for t in searched_trials)
     assert all(attrs.no_search_name(t) is None for t in searched_trials)
     assert len({tuple(attrs.evaluated_vector(t)) for t in searched_trials}) == len(searched_trials)
+    for trial in trials:  # the forward passes' time: the screen's, plus every promotion's
+        promoted = len(attrs.rung_values(trial)) > 1
+        assert attrs.forward_seconds(trial) >= attrs.evaluation_seconds(trial) > 0
+        assert (attrs.forward_seconds(trial) > attrs.evaluation_seconds(trial)) == promoted
 
 
 def test_each_share_is_the_split_the_trial_measured(searched):

@@ -114,3 +114,19 @@ def test_a_bfloat16_study_on_the_cpu_runs_end_to_end(tmp_path):
     assert applied.returncode == 0, applied.stderr
     measured = float(applied.stdout.split("measured ")[1].split()[0])
     assert abs(measured - 0.5) < 0.05
+
+
+def test_the_one_time_conversion_reports_progress_and_the_cached_load_does_not(tmp_path):
+    calls: list[tuple[str, int]] = []
+    advanced: list[int] = []
+
+    def bar(label: str, total: int):
+        calls.append((label, total))
+        return advanced.append
+
+    first = load_model("smollm2-135m", cache_dir=tmp_path, progress=bar)
+    ((label, total),) = calls
+    assert label.startswith("Converting ") and label.endswith(".gguf to safetensors (once)") and total == 1
+    assert advanced == [1]  # finished: in a log, a line when it started and one when it ended
+    again = load_model("smollm2-135m", cache_dir=tmp_path, progress=bar)
+    assert len(calls) == 1 and again.fingerprint == first.fingerprint
