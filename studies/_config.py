@@ -324,12 +324,11 @@ class StudyConfig(StrictModel):
             raise ValueError(f"sampler `{self.sampler.name}` needs `sparsity.split: {entry.site_split}`")
         if self.sparsity.split == "search" and not entry.searches_split:
             raise ValueError(f"sampler `{self.sampler.name}` cannot search the site split (`sparsity.split: search`)")
-        if self.sparsity.split == "search" and self.sparsity.is_frontier:
-            raise ValueError("a frontier study cannot search the site split yet; give one target")
-        if self.sparsity.split == "search" and len(self.sparsity.greedy.start_shares) >= self.trials:
+        starts = len(self.sparsity.greedy.start_shares) * len(self.sparsity.targets)
+        if self.sparsity.split == "search" and starts >= self.trials:
             raise ValueError(
-                f"`trials` ({self.trials}) leaves no trial for the search after the "
-                f"{len(self.sparsity.greedy.start_shares)} start points of `sparsity.greedy.start_shares`"
+                f"`trials` ({self.trials}) leaves no trial for the search after the {starts} start points "
+                "(`sparsity.greedy.start_shares` at each target)"
             )
         return self
 

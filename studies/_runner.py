@@ -108,7 +108,10 @@ def make_sampler(session: StudySession) -> optuna.samplers.BaseSampler:
     config = session.config
     name, options = config.sampler.name, config.sampler.options
     if config.sparsity.is_frontier:
-        sampler = create_frontier_sampler(name, spaces=session.spaces, seed=config.seed, **options)
+        per_target = config.sparsity.split == "search"  # each target its own start points and share
+        sampler = create_frontier_sampler(
+            name, spaces=session.spaces, seed=config.seed, per_target=per_target, **options
+        )
     else:
         sampler = create_sampler(name, space=session.space, seed=config.seed, **options)
     if isinstance(sampler, ProposalSampler | TargetsInTurn):

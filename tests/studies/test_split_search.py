@@ -118,7 +118,7 @@ def test_status_shows_the_best_no_search_allocation_and_the_searchs_gain(searche
     [
         ({"sampler": {"name": "tpe"}}, "sampler `tpe` cannot search the site split"),
         ({"sampler": {"name": "uniform"}}, "sampler `uniform` cannot search the site split"),
-        ({"sparsity": {"split": "search", "target": [0.4, 0.5]}}, "a frontier study cannot search the site split"),
+        ({"sparsity": {"split": "search", "target": [0.4, 0.5]}}, "leaves no trial for the search after the 6 start"),
         ({"trials": 3}, "leaves no trial for the search after the 3 start points"),
         ({"sparsity": {"split": "search", "greedy": {"start_shares": [0.5, 0.5]}}}, "a start share is given twice"),
         ({"sparsity": {"split": "search", "greedy": {"start_shares": [1.5]}}}, "start_shares.0"),
@@ -156,3 +156,27 @@ def test_the_demo_measures_every_no_search_allocation_beside_the_export(trained_
     )
     for measured in result.baselines.values():
         assert measured.exact.measured_sparsity == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_frontier_searches_the_split_at_each_target_on_its_own(sqlite_url, write_config, tmp_path):
+    targets = [0.4, 0.6]
+    config, _ = load_config(
+        write_config(
+            name="frontier-search", trials=8, sampler={"name": "bo"}, sparsity={"split": "search", "target": targets}
+        )
+    )
+    database = Database(sqlite_url)
+    create_study(database, config)
+    session = open_session(database, config)
+    run_study(session)
+    trials = _complete(session)
+    for target in targets:
+        mine = [t for t in trials if attrs.trial_target(t) == target]
+        starts = [t for t in mine if attrs.no_search_name(t) is not None]
+        assert sorted(attrs.trial_split(t) for t in starts) == SHARES  # every target has its own start points
+        best = min(starts, key=lambda t: (t.value, t.number))
+        searched_trials = [t for t in mine if attrs.no_search_name(t) is None]
+        assert searched_trials and all(attrs.trial_split(t) == attrs.trial_split(best) for t in searched_trials)
+    result = export_study(session, tmp_path / "frontier")
+    for point in result.points:
+        assert point.no_search is not None and point.validation.kl <= point.no_search.validation.kl

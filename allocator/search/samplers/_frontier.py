@@ -217,6 +217,12 @@ class TargetsInTurn(BaseSampler):
             if isinstance(sampler, SerializableSampler):
                 sampler.serialize_with(lock)
 
+    def search_split(self, split: Any) -> None:
+        """Search the site split too, each target on its own trials: its own start points, its own share (see
+        ``BlockSampler.search_split``)."""
+        for sampler in self._inner.values():
+            sampler.search_split(split)  # type: ignore[attr-defined]
+
     def _view(self, study: Study, trial: FrozenTrial) -> tuple[BaseSampler, TargetView]:
         target = attrs.target_of(trial, self._targets)
         if target is None:

@@ -184,9 +184,17 @@ def create_sampler(name: str, *, space: ConstraintSpace, seed: int | None = None
 
 
 def create_frontier_sampler(
-    name: str, *, spaces: Mapping[float, ConstraintSpace], seed: int | None = None, **options: Any
+    name: str,
+    *,
+    spaces: Mapping[float, ConstraintSpace],
+    seed: int | None = None,
+    per_target: bool = False,
+    **options: Any,
 ) -> BaseSampler:
     """The sampler called ``name`` for a frontier study of ``spaces`` (one constraint space per target), seeded,
-    with its keyword ``options`` validated first: its registered frontier variant (see the module docstring)."""
+    with its keyword ``options`` validated first: its registered frontier variant (see the module docstring), or
+    with ``per_target`` one sampler per target taking turns (:func:`in_turn`) even where the sampler learns
+    across targets (a frontier that searches the split: each target chooses its own share)."""
     entry = sampler_entry(name)
-    return entry.frontier(spaces=spaces, seed=seed, options=parse_options(name, options))
+    frontier = in_turn(entry.factory) if per_target else entry.frontier
+    return frontier(spaces=spaces, seed=seed, options=parse_options(name, options))
