@@ -19,7 +19,6 @@ Run: ``python bench/tasks.py --storage sqlite:///demo-out/sparsealloc.db --study
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import tempfile
@@ -29,11 +28,11 @@ from typing import Any
 if str(Path(__file__).parents[1]) not in sys.path:  # run as ``python bench/tasks.py``: the root, for bench/
     sys.path.insert(0, str(Path(__file__).parents[1]))
 
-import yaml
 
 from allocator import load_text, write_lookup
 from allocator.integrations.lm_eval import evaluate_tasks, prepare_tasks
 from allocator.search import trial_attributes as attrs
+from allocator.testing.local_tasks import write_multiple_choice_task
 from bench._common import RESULTS, environment, write_results
 from storage import Database
 from studies import candidate_trials, export_point, load_optuna_study, load_study_config, no_search_trials, open_session
@@ -45,7 +44,7 @@ def write_continuation_task(directory: Path, documents: list[str], items: int, *
     """The local 4-way continuation task (module docstring) as lm-eval's JSONL and YAML in ``directory``."""
     rng = random.Random(seed)
     words = [doc.split() for doc in documents if len(doc.split()) >= 80]
-    lines = []
+    docs = []
     for _ in range(items):
         own = rng.randrange(len(words))
         start = rng.randrange(len(words[own]) - 64)
@@ -58,23 +57,8 @@ def write_continuation_task(directory: Path, documents: list[str], items: int, *
             distractors.append(" ".join(words[other][at : at + 16]))
         choices = [answer, *distractors]
         rng.shuffle(choices)
-        lines.append(json.dumps({"context": context, "choices": choices, "answer": choices.index(answer)}))
-    data = directory / f"{TASK}.jsonl"
-    data.write_text("\n".join(lines) + "\n")
-    config = {
-        "task": TASK,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data)}},
-        "test_split": "test",
-        "output_type": "multiple_choice",
-        "doc_to_text": "{{context}}",
-        "doc_to_choice": "{{choices}}",
-        "target_delimiter": " ",
-        "doc_to_target": "answer",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-    }
-    (directory / f"{TASK}.yaml").write_text(yaml.safe_dump(config))
-    return directory
+        docs.append({"context": context, "choices": choices, "answer": choices.index(answer)})
+    return write_multiple_choice_task(directory, TASK, docs, doc_to_text="{{context}}")
 
 
 def allocation_lookups(storage: str, study: str, scratch: Path) -> tuple[Any, dict[str, Path]]:

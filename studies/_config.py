@@ -189,6 +189,10 @@ def _expand_targets(value: Any) -> Any:
 Target = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
 
 
+#: The allocation a study of each fixed split gets with no search: the uniform vector under that split.
+NO_SEARCH_NAMES = {"uniform": "uniform", "greedy": "greedy-uniform", "blend": "blend-uniform"}
+
+
 class SparsityConfig(StrictModel):
     """The constraint and how sparsity is applied.
 

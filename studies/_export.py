@@ -58,6 +58,7 @@ from allocator import (
 )
 from allocator.integrations.nncf import write_nncf_file
 from allocator.search import trial_attributes as attrs
+from studies._config import NO_SEARCH_NAMES
 from studies._runner import load_optuna_study
 from studies._session import StudySession
 
@@ -217,7 +218,7 @@ def no_search_name(session: StudySession, trial: optuna.trial.FrozenTrial) -> st
     target = attrs.target_of(trial, session.config.sparsity.targets)
     if target is None or not _is_vector(attrs.evaluated_vector(trial), session.space_for(target).uniform_vector()):
         return None
-    return {"uniform": "uniform", "greedy": "greedy-uniform", "blend": "blend-uniform"}[session.config.sparsity.split]
+    return NO_SEARCH_NAMES[session.config.sparsity.split]
 
 
 def evaluate_candidate(session: StudySession, trial: optuna.trial.FrozenTrial) -> Candidate:

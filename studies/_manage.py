@@ -14,7 +14,7 @@ from allocator.errors import DataSourceError, InputError, ModelSourceError
 from allocator.search import study_id
 from allocator.search import trial_attributes as attrs
 from storage import Database, StorageError, live_running_trials, wait_for_study
-from studies._config import StudyConfig, parse_config
+from studies._config import NO_SEARCH_NAMES, StudyConfig, parse_config
 
 
 def check_study(config: StudyConfig) -> int:
@@ -151,12 +151,11 @@ class NoSearchBest:
 def no_search_best(complete: list[optuna.trial.FrozenTrial], split: str) -> NoSearchBest | None:
     """The lowest-valued of the ``complete`` trials that need no search: the start points of a study that searches
     the split, else the uniform vector (named after the study's fixed ``split``)."""
-    fixed = {"uniform": "uniform", "greedy": "greedy-uniform", "blend": "blend-uniform"}.get(split)
+    fixed = NO_SEARCH_NAMES.get(split)
     named = []
     for trial in complete:
-        vector = attrs.evaluated_vector(trial)
         name = attrs.no_search_name(trial)
-        if name is None and fixed is not None and vector is not None and float(np.ptp(vector)) <= 1e-9:
+        if name is None and fixed is not None and attrs.is_uniform(attrs.evaluated_vector(trial)):
             name = fixed
         if name is not None and trial.value is not None:
             named.append((float(trial.value), trial.number, name))

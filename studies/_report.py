@@ -30,6 +30,7 @@ from allocator.errors import InputError, OutputError
 from allocator.paths import OutputKind, check_output_directory, path_problem
 from allocator.search import trial_attributes as attrs
 from storage import Database
+from studies._config import NO_SEARCH_NAMES
 from studies._manage import best_trial, load_study_config
 
 #: What a report directory holds: its plots and ``report.json``, the marker that tells an earlier report
@@ -177,11 +178,11 @@ def _sparsity_vs_objective(axis: Any, config: Any, study: optuna.Study, complete
 def frontier_series(config: Any, complete: list[Any]) -> dict[str, list[tuple[float, float, float]]]:
     """What ``frontier.png`` draws: per series (the best trial of each target, and the uniform allocation),
     ``(measured sparsity, held-out perplexity, held-out KL)`` per target, for trials that record all three."""
-    baseline = {"greedy": "greedy-uniform", "blend": "blend-uniform"}.get(config.sparsity.split, "uniform")
+    baseline = NO_SEARCH_NAMES.get(config.sparsity.split, "best no-search")
     series: dict[str, list[tuple[float, float, float]]] = {"best trial per target": [], baseline: []}
     for target in config.sparsity.targets:
         trials = [t for t in attrs.trials_at(complete, target, config.sparsity.targets) if _heldout(t) is not None]
-        uniform = [t for t in trials if _is_uniform(attrs.evaluated_vector(t))]
+        uniform = [t for t in trials if attrs.is_uniform(attrs.evaluated_vector(t))]
         for label, chosen in (("best trial per target", _best_of(trials)), (baseline, _best_of(uniform))):
             if chosen is not None:
                 series[label].append(_heldout(chosen))
@@ -211,10 +212,6 @@ def _legend(axis: Any) -> None:
     """The axis's legend, if anything on it has a label (matplotlib warns of an empty legend otherwise)."""
     if axis.get_legend_handles_labels()[0]:
         axis.legend()
-
-
-def _is_uniform(vector: Any) -> bool:
-    return vector is not None and len(vector) > 0 and float(np.ptp(vector)) <= 1e-9
 
 
 def _heldout(trial: Any) -> tuple[float, float, float] | None:

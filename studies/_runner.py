@@ -284,6 +284,7 @@ class TrialObjective:
             record.append({"candidates": alive, "values": [values[c] for c in alive]})
             alive = sorted(alive, key=lambda c: (values[c], c))[: int(survivors)]
         winner = alive[0]
+        seconds = sum(e.seconds for e in evaluations.values())
         attrs.record_vector(trial, candidates[winner], 0.0)
         last = evaluations[winner]
         attrs.record_measurements(
@@ -293,8 +294,8 @@ class TrialObjective:
                 attrs.PERPLEXITY: last.perplexity,
                 attrs.MEASURED_SPARSITY: last.measured_sparsity,
                 attrs.TOKENS: tokens,
-                attrs.SECONDS: sum(e.seconds for e in evaluations.values()),
-                attrs.FORWARD_SECONDS: sum(e.seconds for e in evaluations.values()),
+                attrs.SECONDS: seconds,
+                attrs.FORWARD_SECONDS: seconds,
             },
         )
         trial.set_user_attr(attrs.SELECTION, record)

@@ -209,7 +209,9 @@ class StudySession:
             reference = reference.subset(index)
         objective = self.objective
         if share is not None:
-            objective = Objective(self.sparse_model_for(share), batch_size=objective.batch_size)
+            objective = Objective(
+                self.sparse_model_for(share), batch_size=objective.batch_size, head_chunk=objective.head_chunk
+            )
         return objective.evaluate(
             allocation,
             tokens,

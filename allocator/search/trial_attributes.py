@@ -310,12 +310,25 @@ def selection_plan(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> di
     return plan if isinstance(plan, dict) else None
 
 
+def _place(system_attrs: dict[str, Any]) -> tuple[float, str | None] | None:
+    place = system_attrs.get(SPLIT_PLACE)
+    if isinstance(place, dict) and isinstance(place.get("share"), (int, float)):
+        return float(place["share"]), place.get("no_search")
+    return None
+
+
+def sampler_place(trial: FrozenTrial) -> tuple[float, str | None] | None:
+    """The share and no-search name a sampler placed ``trial`` at, as the trial's own copy of its system attributes
+    holds them (a retried trial inherits its original's); None if none placed it."""
+    return _place(trial.system_attrs)
+
+
 def split_place(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> tuple[float, str | None] | None:
     """The share and no-search name the sampler placed ``trial`` at (read from storage, where it was written at
     sampling time), else those the trial recorded (a retried trial inherits them); None without either."""
-    place = optuna_internals.trial_system_attrs(study, trial).get(SPLIT_PLACE)
-    if isinstance(place, dict) and isinstance(place.get("share"), (int, float)):
-        return float(place["share"]), place.get("no_search")
+    placed = _place(optuna_internals.trial_system_attrs(study, trial))
+    if placed is not None:
+        return placed
     recorded = trial_split(trial)  # type: ignore[arg-type]
     return None if recorded is None else (recorded, no_search_name(trial))  # type: ignore[arg-type]
 
@@ -330,16 +343,21 @@ def placed_share(trial: FrozenTrial) -> float | None:
     recorded = trial_split(trial)
     if recorded is not None:
         return recorded
-    place = trial.system_attrs.get(SPLIT_PLACE)
-    return float(place["share"]) if isinstance(place, dict) and isinstance(place.get("share"), (int, float)) else None
+    placed = _place(trial.system_attrs)
+    return None if placed is None else placed[0]
 
 
 def no_search_name(trial: FrozenTrial) -> str | None:
     """The name of the no-search start point the trial evaluated (``uniform``, ``blend-uniform``...), or None."""
     value = trial.user_attrs.get(NO_SEARCH)
-    if value is None and isinstance(place := trial.system_attrs.get(SPLIT_PLACE), dict):
-        value = place.get("no_search")
+    if value is None and (placed := _place(trial.system_attrs)) is not None:
+        value = placed[1]
     return value if isinstance(value, str) else None
+
+
+def is_uniform(vector: Any) -> bool:
+    """Whether ``vector`` (a trial's evaluated vector, or None) gives every block the same sparsity."""
+    return vector is not None and len(vector) > 0 and float(np.ptp(vector)) <= 1e-9
 
 
 def was_params(trial: FrozenTrial) -> np.ndarray | None:

@@ -20,6 +20,7 @@ import yaml
 from click.testing import CliRunner
 
 from allocator import Score, build_lookup, calibrate, load_model, load_text, make_token_sets, write_lookup
+from allocator.testing.local_tasks import write_multiple_choice_task
 from storage import Database
 from studies import create_study, load_config
 from studies.cli import cli
@@ -41,31 +42,14 @@ def _run(*args):
 
 def write_task(directory: Path, name: str, items: int, *, seed: int = 0) -> Path:
     """A local multiple-choice task: ``items`` sums with four answers each (JSONL) and the YAML that reads them."""
-    directory.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    lines = []
+    docs = []
     for _ in range(items):
         a, b = rng.randint(2, 60), rng.randint(2, 60)
         choices = [str(a + b), str(a + b + 1), str(a * b), str(abs(a - b))]
         rng.shuffle(choices)
-        lines.append(
-            json.dumps({"question": f"{a} plus {b} is", "choices": choices, "answer": choices.index(str(a + b))})
-        )
-    data = directory / f"{name}.jsonl"
-    data.write_text("\n".join(lines) + "\n")
-    config = {
-        "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data)}},
-        "test_split": "test",
-        "output_type": "multiple_choice",
-        "doc_to_text": "Question: {{question}}\nAnswer:",
-        "doc_to_choice": "choices",
-        "doc_to_target": "answer",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-    }
-    (directory / f"{name}.yaml").write_text(yaml.safe_dump(config))
-    return directory
+        docs.append({"question": f"{a} plus {b} is", "choices": choices, "answer": choices.index(str(a + b))})
+    return write_multiple_choice_task(directory, name, docs, doc_to_text="Question: {{question}}\nAnswer:")
 
 
 @pytest.fixture(scope="module")

@@ -65,9 +65,9 @@ class SplitSearch:
         """``trial``'s share and, for a start point, its name: the first start share no other trial has taken,
         else the share of the best finished start point (by screen value), else ``default``. A retried trial
         keeps the place of the trial it re-runs."""
-        inherited = trial.system_attrs.get(attrs.SPLIT_PLACE)
-        if isinstance(inherited, dict) and isinstance(inherited.get("share"), (int, float)):
-            return float(inherited["share"]), inherited.get("no_search")
+        inherited = attrs.sampler_place(trial)
+        if inherited is not None:
+            return inherited
         alive = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
         others = [t for t in study.get_trials(deepcopy=False, states=alive) if t.number != trial.number]
         starts = [t for t in others if attrs.no_search_name(t) is not None]
