@@ -150,6 +150,15 @@ class GreedyConfig(StrictModel):
         "split (0: uniform, 1: TEAL's greedy-uniform); the search continues at the best one's share.",
     )
 
+    share_probes: int = Field(
+        default=3,
+        ge=0,
+        le=16,
+        description="The `search` split's share probes after the start points: the uniform vector at shares a "
+        "bracketing line search chooses between them (3: the share to 1/8); the search then continues at the "
+        "best share found.",
+    )
+
     @field_validator("start_shares")
     @classmethod
     def _distinct(cls, shares: list[float]) -> list[float]:
@@ -328,11 +337,13 @@ class StudyConfig(StrictModel):
             raise ValueError(f"sampler `{self.sampler.name}` needs `sparsity.split: {entry.site_split}`")
         if self.sparsity.split == "search" and not entry.searches_split:
             raise ValueError(f"sampler `{self.sampler.name}` cannot search the site split (`sparsity.split: search`)")
-        starts = len(self.sparsity.greedy.start_shares) * len(self.sparsity.targets)
-        if self.sparsity.split == "search" and starts >= self.trials:
+        greedy = self.sparsity.greedy
+        starts = len(greedy.start_shares) * len(self.sparsity.targets)
+        probes = greedy.share_probes * len(self.sparsity.targets)
+        if self.sparsity.split == "search" and starts + probes >= self.trials:
             raise ValueError(
                 f"`trials` ({self.trials}) leaves no trial for the search after the {starts} start points "
-                "(`sparsity.greedy.start_shares` at each target)"
+                f"and {probes} share probes (`sparsity.greedy.start_shares` and `share_probes` at each target)"
             )
         return self
 

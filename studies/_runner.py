@@ -118,7 +118,9 @@ def make_sampler(session: StudySession) -> optuna.samplers.BaseSampler:
         sampler.serialize_with(lambda: session.database.proposal_lock(config.name))
     if config.sparsity.split == "search":  # the configuration checked that the sampler can (`searches_split`)
         greedy = config.sparsity.greedy
-        sampler.search_split(SplitSearch(shares=tuple(greedy.start_shares), default=greedy.blend))
+        sampler.search_split(
+            SplitSearch(shares=tuple(greedy.start_shares), default=greedy.blend, probes=greedy.share_probes)
+        )
     return sampler
 
 

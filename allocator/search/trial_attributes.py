@@ -347,6 +347,13 @@ def placed_share(trial: FrozenTrial) -> float | None:
     return None if placed is None else placed[0]
 
 
+def is_share_probe(trial: FrozenTrial) -> bool:
+    """Whether the sampler placed ``trial`` as a share probe: the uniform vector at a share the split search's line
+    search chose (see ``samplers._split``)."""
+    place = trial.system_attrs.get(SPLIT_PLACE)
+    return isinstance(place, dict) and bool(place.get("probe", False))
+
+
 def no_search_name(trial: FrozenTrial) -> str | None:
     """The name of the no-search start point the trial evaluated (``uniform``, ``blend-uniform``...), or None."""
     value = trial.user_attrs.get(NO_SEARCH)

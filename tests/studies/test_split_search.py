@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from allocator import evaluate_tokens, load_lookup, load_model
 from allocator.search import trial_attributes as attrs
+from allocator.search.samplers import next_probe
 from storage import Database
 from studies import (
     candidate_trials,
@@ -32,7 +33,11 @@ SHARES = [0.0, 0.5, 1.0]
 def searched(sqlite_url, write_config, tmp_path):
     """A split-searching random study of 6 trials on the tiny model, run and exported."""
     config, _ = load_config(
-        write_config(name="searched", trials=6, sparsity={"split": "search", "greedy": {"start_shares": SHARES}})
+        write_config(
+            name="searched",
+            trials=6,
+            sparsity={"split": "search", "greedy": {"start_shares": SHARES, "share_probes": 0}},
+        )
     )
     database = Database(sqlite_url)
     create_study(database, config)
@@ -119,13 +124,13 @@ def test_status_shows_the_best_no_search_allocation_and_the_searchs_gain(searche
         ({"sampler": {"name": "tpe"}}, "sampler `tpe` cannot search the site split"),
         ({"sampler": {"name": "uniform"}}, "sampler `uniform` cannot search the site split"),
         ({"sparsity": {"split": "search", "target": [0.4, 0.5]}}, "leaves no trial for the search after the 6 start"),
-        ({"trials": 3}, "leaves no trial for the search after the 3 start points"),
+        ({"trials": 3}, "leaves no trial for the search after the 3 start points and 3 share probes"),
         ({"sparsity": {"split": "search", "greedy": {"start_shares": [0.5, 0.5]}}}, "a start share is given twice"),
         ({"sparsity": {"split": "search", "greedy": {"start_shares": [1.5]}}}, "start_shares.0"),
     ],
 )
 def test_a_split_search_it_cannot_run_is_refused_in_one_sentence(write_config, overrides, message):
-    base = {"sparsity": {"split": "search"}, "trials": 6}
+    base = {"sparsity": {"split": "search"}, "trials": 10}
     for key, value in overrides.items():
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     with pytest.raises(Exception, match=message.replace("`", ".").replace("(", ".").replace(")", ".")):
@@ -140,7 +145,7 @@ def test_the_demo_measures_every_no_search_allocation_beside_the_export(trained_
         target=0.5,
         model=str(trained_tiny_dir),
         data={"seq_len": 32, "calibration_sequences": 6, "search_sequences": 10, "validation_sequences": 3},
-        sparsity={"split": "search", "greedy": {"sequences": 1, "step": 0.05}},
+        sparsity={"split": "search", "greedy": {"sequences": 1, "step": 0.05, "share_probes": 0}},
         sampler="random",
         search={"screen_sequences": 6, "promote_sequences": [4]},
         trials=5,
@@ -162,7 +167,10 @@ def test_a_frontier_searches_the_split_at_each_target_on_its_own(sqlite_url, wri
     targets = [0.4, 0.6]
     config, _ = load_config(
         write_config(
-            name="frontier-search", trials=8, sampler={"name": "bo"}, sparsity={"split": "search", "target": targets}
+            name="frontier-search",
+            trials=10,
+            sampler={"name": "bo"},
+            sparsity={"split": "search", "target": targets, "greedy": {"share_probes": 1}},
         )
     )
     database = Database(sqlite_url)
@@ -174,9 +182,55 @@ def test_a_frontier_searches_the_split_at_each_target_on_its_own(sqlite_url, wri
         mine = [t for t in trials if attrs.trial_target(t) == target]
         starts = [t for t in mine if attrs.no_search_name(t) is not None]
         assert sorted(attrs.trial_split(t) for t in starts) == SHARES  # every target has its own start points
-        best = min(starts, key=lambda t: (t.value, t.number))
-        searched_trials = [t for t in mine if attrs.no_search_name(t) is None]
+        probes = [t for t in mine if attrs.is_share_probe(t)]
+        assert len(probes) == 1  # and its own share probe
+        best = min(starts + probes, key=lambda t: (t.value, t.number))
+        searched_trials = [t for t in mine if attrs.no_search_name(t) is None and not attrs.is_share_probe(t)]
         assert searched_trials and all(attrs.trial_split(t) == attrs.trial_split(best) for t in searched_trials)
     result = export_study(session, tmp_path / "frontier")
     for point in result.points:
         assert point.no_search is not None and point.validation.kl <= point.no_search.validation.kl
+
+
+def test_share_probes_bisect_toward_the_best_share_and_the_search_runs_at_the_best_uniform_vector(
+    sqlite_url, write_config
+):
+    config, _ = load_config(
+        write_config(
+            name="probed",
+            trials=7,
+            sparsity={"split": "search", "greedy": {"start_shares": SHARES, "share_probes": 2}},
+        )
+    )
+    database = Database(sqlite_url)
+    create_study(database, config)
+    session = open_session(database, config)
+    run_study(session)
+    trials = _complete(session)
+    starts, probes, searched_trials = trials[:3], trials[3:5], trials[5:]
+    assert [attrs.no_search_name(t) for t in starts] == ["uniform", "blend-uniform", "greedy-uniform"]
+    assert all(attrs.is_share_probe(t) and attrs.no_search_name(t) is None for t in probes)
+    tried = [(attrs.trial_split(t), t.value) for t in starts]
+    for probe in probes:  # each probe is the line search's next share given the values before it
+        best_share = min(tried, key=lambda p: p[1])[0]
+        assert attrs.trial_split(probe) == next_probe(best_share, tried)
+        assert attrs.evaluated_vector(probe) == pytest.approx([0.5] * session.space.dim)
+        tried.append((attrs.trial_split(probe), probe.value))
+    best_uniform = min(starts + probes, key=lambda t: (t.value, t.number))
+    assert searched_trials and all(attrs.trial_split(t) == attrs.trial_split(best_uniform) for t in searched_trials)
+    assert not any(attrs.is_share_probe(t) or attrs.is_uniform(attrs.evaluated_vector(t)) for t in searched_trials)
+
+
+@pytest.mark.parametrize(
+    ("best", "tried", "expected"),
+    [
+        (0.5, [(0.0, 2.0), (0.5, 1.0), (1.0, 1.5)], 0.75),  # equal intervals: toward the better neighbour
+        (0.5, [(0.0, 1.2), (0.5, 1.0), (1.0, 1.5)], 0.25),
+        (0.5, [(0.0, 2.0), (0.5, 1.0), (0.75, 1.1), (1.0, 1.5)], 0.25),  # the wider interval first
+        (1.0, [(0.0, 3.0), (0.5, 2.0), (1.0, 1.0)], 0.75),
+        (0.5, [(0.5, 1.0)], 0.75),  # no neighbour: the ends of [0, 1] bound the interval
+        (0.5, [(0.49, 2.0), (0.5, 1.0), (0.51, 2.0)], None),  # resolved finer than 1/64
+    ],
+)
+def test_the_next_share_probe_bisects_the_wider_interval_next_to_the_best_share(best, tried, expected):
+    assert next_probe(best, tried) == expected

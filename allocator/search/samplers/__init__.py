@@ -30,7 +30,7 @@ from allocator.search.samplers._registry import (
     sampler_entry,
     sampler_names,
 )
-from allocator.search.samplers._split import SplitSearch, no_search_label, same_share
+from allocator.search.samplers._split import Place, SplitSearch, next_probe, no_search_label, same_share
 
 # Registration order is the order of `sampler_names()`: the baselines first, then the searches.
 from allocator.search.samplers._uniform import GreedyUniformSampler, UniformSampler  # isort: skip
@@ -69,6 +69,7 @@ __all__ = [
     "GreedyUniformSampler",
     "History",
     "NullSpaceMap",
+    "Place",
     "ProposalSampler",
     "RandomBlockSampler",
     "RandomOptions",
@@ -90,6 +91,7 @@ __all__ = [
     "gp_hyperparameters",
     "knot_space",
     "next_in_turn",
+    "next_probe",
     "no_search_label",
     "optimize_nullspace",
     "optimize_slsqp",

@@ -314,12 +314,14 @@ class BlockSampler(ProposalSampler):
     def place(self, study: Study, trial: FrozenTrial) -> tuple[ConstraintSpace, np.ndarray]:
         """The study's space and the subclass's proposal from the trial's history (the one point of a singleton space
         without asking); a study that searches the split places the trial at a share first, and a no-search start
-        point gets the uniform vector."""
+        point or a share probe gets the uniform vector."""
         share = None
         if self._split is not None:
-            share, no_search = self._split.place(study, trial)
-            attrs.set_system_attr(study, trial, attrs.SPLIT_PLACE, {"share": share, "no_search": no_search})
-            if no_search is not None:
+            place = self._split.place(study, trial)
+            share = place.share
+            record = {"share": share, "no_search": place.no_search} | ({"probe": True} if place.probe else {})
+            attrs.set_system_attr(study, trial, attrs.SPLIT_PLACE, record)
+            if place.uniform:
                 return self._space, self._space.uniform_vector()
         history = collect_history(study, trial, self._space, share=share)
         if self._space.is_singleton:

@@ -18,7 +18,12 @@
   and the bounds exactly. Restarts are chosen among feasible raw samples: a hit-and-run pool of the
   polytope and perturbations of the best points.
 * **Initial design.** The uniform vector, then a maximin (farthest-point) sequence from a large feasible
-  pool: any prefix is space-filling, so the design adapts to how many workers ask at once.
+  pool: any prefix is space-filling, so the design adapts to how many workers ask at once. The pool is the
+  whole polytope (``initial_design="maximin"``) or, with ``initial_design="local"``, the part of it within
+  ``design_radius`` of the uniform vector in every coordinate (the default, ``"auto"``, in a study that
+  searches the split): the uniform vector at the best split share is already a good allocation, and on
+  SmolLM2 the polytope's far corners were KL 1-4 where the start was 0.35, evaluations spent learning what no
+  search needs to know (``bench/results/allocators-parts/issue26-s0-50``).
 * **Options** measured in ``bench/synthetic.py`` (d = 30, 50 evaluations): ``trust_region`` (a TuRBO-style
   box around the best point, lengthscale-shaped, grown on success and shrunk on failure, replayed from the
   history; it applies to the search of the full block vector, not to a few profile knots) and
@@ -136,6 +141,11 @@ class BoOptions(SamplerOptions):
 
     Attributes:
         n_initial: Trials of the initial design (uniform vector first, then maximin) before the GP.
+        initial_design: ``"maximin"`` draws the design from the whole polytope; ``"local"`` from the box of side
+            ``2·design_radius`` around the uniform vector (intersected with the polytope); ``"auto"`` (default)
+            is local in a study that searches the split (whose uniform vector is at the best share found) and
+            maximin otherwise.
+        design_radius: The half side of the local design's box, in sparsity (or depth-knot) units.
         trust_region: Restrict each search of the full vector to a TuRBO-style box around the best point.
         trust_region_init: The box's initial side in the normalised space (default 0.8, TuRBO's, or 0.2
             after a profile phase, whose best point only needs refining).
@@ -158,6 +168,8 @@ class BoOptions(SamplerOptions):
     """
 
     n_initial: int = Field(default=10, ge=1)
+    initial_design: Literal["auto", "maximin", "local"] = "auto"
+    design_radius: float = Field(default=0.1, gt=0.0, le=1.0)
     trust_region: bool = False
     trust_region_init: float | None = Field(default=None, gt=0.0, le=_TR_MAX)
     profile_knots: Annotated[int, Field(ge=2)] | Literal["auto"] | None = "auto"
@@ -215,6 +227,13 @@ class BoSampler(BlockSampler):
             return self.options.trust_region_init
         return _TR_INIT if self._knots is None else _TR_INIT_REFINE
 
+    @property
+    def initial_design(self) -> Literal["maximin", "local"]:
+        """The design's pool: the option, ``"auto"`` resolved (local when the sampler searches the split)."""
+        if self.options.initial_design == "auto":
+            return "local" if self._split is not None else "maximin"
+        return self.options.initial_design
+
     # ------------------------------------------------------------------ proposal
 
     def propose(self, study: Study, trial: FrozenTrial, history: History) -> np.ndarray:
@@ -270,18 +289,27 @@ class BoSampler(BlockSampler):
     def design(self) -> np.ndarray:
         """The initial design, an ``(n_initial + spare) x d`` array: uniform vector, then maximin order."""
         n_initial = self.options.n_initial
-        key = ("bo-design", self.seed, n_initial, self._knots)
+        key = ("bo-design", self.seed, n_initial, self._knots, self.initial_design, self.options.design_radius)
         return self.space.memoised(key, lambda: self._draw_design(n_initial))
 
     def _draw_design(self, n_initial: int) -> np.ndarray:
-        if self._profile is not None and self._M is not None:
-            kspace = self._profile
-            first = kspace.uniform_vector()[None, :]
-            rest = kspace.sample(n_initial + _DESIGN_SPARE - 1, seed=self.seed, start=first)
-            return self.space.project(np.concatenate([first, rest]) @ self._M.T)
-        first = self.space.uniform_vector()[None, :]
-        rest = self.space.sample(n_initial + _DESIGN_SPARE - 1, seed=self.seed, start=first)
-        return np.concatenate([first, rest])
+        profile = self._profile is not None and self._M is not None
+        space = self._profile if profile else self.space
+        assert space is not None
+        first = space.uniform_vector()[None, :]
+        rest = self.design_space(space).sample(n_initial + _DESIGN_SPARE - 1, seed=self.seed, start=first)
+        design = np.concatenate([first, rest])
+        return self.space.project(design @ self._M.T) if profile else design
+
+    def design_space(self, space: ConstraintSpace) -> ConstraintSpace:
+        """Where the design after the uniform vector is drawn: ``space`` itself, or for a local design its part
+        within ``design_radius`` of the uniform vector in every coordinate."""
+        if self.initial_design == "maximin":
+            return space
+        center, radius = space.uniform_vector(), self.options.design_radius
+        lower = np.maximum(space.lower_array(), center - radius)
+        upper = np.minimum(space.upper_array(), center + radius)
+        return ConstraintSpace(weights=space.weights, target=space.target, lower=lower, upper=upper)
 
     def next_design_point(self, history: History, rng: np.random.Generator) -> np.ndarray:
         """The first point of the initial design not yet evaluated or pending (else an unseen polytope point)."""

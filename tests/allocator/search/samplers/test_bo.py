@@ -42,6 +42,20 @@ def test_initial_design_starts_at_uniform_and_spreads() -> None:
     assert d[np.triu_indices(5, 1)].min() > 0.2
 
 
+@pytest.mark.parametrize("radius", [0.05, 0.15])
+def test_a_local_design_stays_within_its_radius_of_the_uniform_vector_and_spreads_there(radius: float) -> None:
+    sampler = create_sampler("bo", space=SPACE, seed=0, n_initial=6, initial_design="local", design_radius=radius)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(_objective, n_trials=6)
+    vecs = np.array([t.user_attrs["vector"] for t in study.trials])
+    np.testing.assert_array_equal(vecs[0], np.full(6, 0.4))
+    assert np.abs(vecs - 0.4).max() <= radius + 1e-12 and np.abs(vecs[1:] - 0.4).max() > radius / 2
+    np.testing.assert_allclose(vecs @ SPACE.weight_array(), SPACE.rhs, rtol=1e-12)
+    assert len({tuple(np.round(v, 9)) for v in vecs}) == 6
+    maximin = create_sampler("bo", space=SPACE, seed=0, n_initial=6)  # "auto" without a split search: maximin
+    assert maximin.initial_design == "maximin" and np.abs(maximin.design()[1:6] - 0.4).max() > 0.3
+
+
 def test_model_phase_proposals_are_exactly_feasible_and_improve() -> None:
     sampler = create_sampler("bo", space=SPACE, seed=0, n_initial=5)
     study = optuna.create_study(sampler=sampler)
