@@ -49,14 +49,18 @@ def check_study(config: StudyConfig) -> int:
     return n_blocks
 
 
-def create_study(database: Database, config: StudyConfig) -> bool:
+def create_study(database: Database, config: StudyConfig, *, checked: bool = False) -> bool:
     """Check ``config`` and register it as a study; True if created, False if it exists with this configuration.
+
+    ``checked``: the caller has already run :func:`check_study` on ``config`` (the CLI does, before it opens the
+    database), so its data sources are not read a second time.
 
     A name that exists with a different configuration is refused (the database keeps the first). A configuration
     stored by an older sparsealloc, which lacks settings added since, is the same configuration when it reads as
     this one with those settings at their defaults: upgrading does not stop a study from being resumed.
     """
-    check_study(config)
+    if not checked:
+        check_study(config)
     try:
         created = database.register_study(config.name, config.canonical(), config.digest())
     except StorageError:

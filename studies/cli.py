@@ -173,6 +173,13 @@ def _adhoc_session(*, sparsify_fraction: float = 1.0, **options: Any) -> Any:
 @contextmanager
 def _progress() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
     """``bar(label, total)`` factories on one rich progress display."""
+    with _progress_display() as (_, bar):
+        yield bar
+
+
+@contextmanager
+def _progress_display() -> Iterator[tuple[Any, Callable[[str, int], Callable[[int], None]]]]:
+    """One rich progress display and its ``bar(label, total)`` factory (a task each, advanced by ``advance(n)``)."""
     from studies._progress import study_progress
 
     with study_progress() as progress:
@@ -181,7 +188,7 @@ def _progress() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
             task = progress.add_task(label, total=total)
             return lambda n: progress.advance(task, n)
 
-        yield bar
+        yield progress, bar
 
 
 @contextmanager
@@ -445,7 +452,7 @@ def study_create(config: Path, storage: str | None) -> None:
     study_config, config_storage = load_config(config)
     check_study(study_config)  # everything that can be checked before the database is touched
     database = _database(storage or config_storage, create=True)
-    created = create_study(database, study_config)
+    created = create_study(database, study_config, checked=True)
     verb = "created" if created else "already exists with this configuration"
     click.echo(f"study {study_config.name!r} {verb} in {database.masked_url}")
 
@@ -462,18 +469,13 @@ def _run(
     import optuna
 
     from studies._manage import open_study, summarize
-    from studies._progress import RichReporter, study_progress
+    from studies._progress import RichReporter
     from studies._runner import count_states, load_optuna_study, run_study, target_trials
     from studies._session import open_session
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     database, config = open_study(name, storage, wait_s=wait_s)
-    with study_progress() as progress:
-
-        def bar(label: str, total: int) -> Callable[[int], None]:
-            task = progress.add_task(label, total=total)
-            return lambda n: progress.advance(task, n)
-
+    with _progress_display() as (progress, bar):
         session = open_session(
             database, config, notify=progress.console.print, progress=bar, device=device, dtype=dtype
         )
@@ -721,15 +723,10 @@ def demo(out: Path, trials: int | None) -> None:
     import optuna
 
     from studies._demo import demo_config, run_demo
-    from studies._progress import RichReporter, study_progress
+    from studies._progress import RichReporter
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with study_progress() as progress:
-
-        def bar(label: str, total: int) -> Callable[[int], None]:
-            task = progress.add_task(label, total=total)
-            return lambda n: progress.advance(task, n)
-
+    with _progress_display() as (progress, bar):
         reporter = RichReporter(progress, demo_config(trials).trials)
         result = run_demo(out, trials=trials, notify=progress.console.print, progress=bar, reporter=reporter)
     _print_demo(result)
